@@ -1,0 +1,80 @@
+"""The command line as a user runs it: a real subprocess, real exit status and output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def nasfpn(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "nas", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("nasfpn: error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_necks_list_shows_every_neck() -> None:
+    result = nasfpn("necks", "list", "--image-size", "128", "--in-channels", "64,128,256", "--channels", "32")
+    assert result.returncode == 0, result.stderr
+    for name in ("fpn", "fpn_maxpool", "panet", "bifpn", "nasfpn"):
+        assert any(line.split()[:1] == [name] for line in result.stdout.splitlines()), name
+    assert "128x128" in result.stdout and "GFLOPs" in result.stdout
+
+
+def test_necks_show_prints_table_and_draws(tmp_path: Path) -> None:
+    png = tmp_path / "nasfpn.png"
+    result = nasfpn("necks", "show", "nasfpn", "--png", str(png), "--image-size", "128")
+    assert result.returncode == 0, result.stderr
+    assert "7 nodes" in result.stdout
+    assert png.stat().st_size > 1000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_necks_show_reads_a_genotype_file(tmp_path: Path) -> None:
+    from fixed_necks import FIXED_NECKS
+
+    path = tmp_path / "mine.json"
+    FIXED_NECKS["bifpn"].genotype.save(path)
+    result = nasfpn("necks", "show", str(path), "--image-size", "128")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("bifpn: 8 nodes, repeats 1")
+
+
+@pytest.mark.parametrize(
+    ("content", "fragments"),
+    [
+        ('{"format_version": 1, "nodes": [', ["bad.json", "not valid JSON"]),
+        (
+            json.dumps({"format_version": 1, "nodes": [{"level": 9, "inputs": [0]}], "outputs": {}}),
+            ["bad.json", "node 5", "level 9 is outside the pyramid"],
+        ),
+    ],
+)
+def test_bad_genotype_file_is_one_line_exit_2(tmp_path: Path, content: str, fragments: list[str]) -> None:
+    (tmp_path / "bad.json").write_text(content)
+    _assert_one_line_error(nasfpn("necks", "show", "bad.json", cwd=tmp_path), *fragments)
+
+
+def test_unknown_neck_and_bad_options_are_one_line_exit_2(tmp_path: Path) -> None:
+    _assert_one_line_error(nasfpn("necks", "show", "fpnn"), "unknown neck 'fpnn'", "bifpn")
+    _assert_one_line_error(nasfpn("necks", "show", str(tmp_path / "nope.json")), "nope.json", "cannot read")
+    _assert_one_line_error(nasfpn("necks", "list", "--in-channels", "1,2"), "--in-channels")
+    _assert_one_line_error(nasfpn("necks", "list", "--image-size", "-3"), "--image-size")
+    _assert_one_line_error(
+        nasfpn("necks", "show", "fpn", "--png", str(tmp_path / "no" / "x.png")), "does not exist"
+    )
+    _assert_one_line_error(nasfpn("frobnicate"), "invalid choice")
