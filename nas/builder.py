@@ -90,15 +90,14 @@ class GraphCell(nn.Module):
         self, genotype: Genotype, entry_widths: Sequence[int], out_channels: int, norm: str | None
     ) -> None:
         super().__init__()
-        live = _live_nodes(genotype)
+        used = genotype.used_entries()
         widths = list(entry_widths) + [out_channels] * len(genotype.nodes)
         self.nodes = nn.ModuleDict()
         for i, node in enumerate(genotype.nodes):
             index = NUM_INPUTS + i
-            if index in live:
-                reads = node.inputs + genotype.absorbed[i]
+            if index in used:
                 self.nodes[str(index)] = GraphNode(
-                    node, reads, genotype.entry_levels, widths, out_channels, norm
+                    node, genotype.reads(index), genotype.entry_levels, widths, out_channels, norm
                 )
         self.levels = tuple(node.level for node in genotype.nodes)
         self.outputs = genotype.outputs
@@ -146,10 +145,14 @@ class GenotypeNeck(nn.Module):
         self.repeats = repeats
         self.norm = norm
         first_widths = list(in_channels) + [out_channels, out_channels]
-        reads_extra = bool({3, 4} & _reads_of_live(genotype))
-        self.extra_levels = nn.ModuleList(
-            GraphNode(node, node.inputs, genotype.entry_levels, first_widths, out_channels, norm)
-            for node in (genotype.extra_levels if reads_extra else ())
+        used = genotype.used_entries()
+        self.extra_levels = nn.ModuleDict(
+            (
+                str(BACKBONE_INPUTS + k),
+                GraphNode(node, node.inputs, genotype.entry_levels, first_widths, out_channels, norm),
+            )
+            for k, node in enumerate(genotype.extra_levels)
+            if BACKBONE_INPUTS + k in used
         )
         self.cells = nn.ModuleList(
             GraphCell(genotype, first_widths if r == 0 else [out_channels] * NUM_INPUTS, out_channels, norm)
@@ -160,8 +163,9 @@ class GenotypeNeck(nn.Module):
         c3, c4, c5 = backbone_features(features)
         sizes = level_sizes(c3, c4, c5)
         pool: list[Tensor | None] = [c3, c4, c5, None, None]
-        for k, node in enumerate(self.extra_levels):
-            pool[BACKBONE_INPUTS + k] = node(pool, sizes[6 + k])
+        for key, node in self.extra_levels.items():
+            index = int(key)
+            pool[index] = node(pool, sizes[LEVELS[index]])
         for cell in self.cells:
             pool = list(cell(pool, sizes))
         return OrderedDict(zip(OUTPUT_NAMES, pool))
@@ -183,25 +187,3 @@ def backbone_features(features: Features) -> list[Tensor]:
     if len(maps) != BACKBONE_INPUTS:
         raise ValueError(f"the neck takes the backbone's C3, C4, C5: 3 feature maps, got {len(maps)}")
     return maps
-
-
-def _live_nodes(genotype: Genotype) -> set[int]:
-    """Pool indices of the nodes that some output depends on."""
-    live: set[int] = set()
-    stack = list(genotype.outputs)
-    while stack:
-        index = stack.pop()
-        if index < NUM_INPUTS or index in live:
-            continue
-        live.add(index)
-        i = index - NUM_INPUTS
-        stack.extend(genotype.nodes[i].inputs + genotype.absorbed[i])
-    return live
-
-
-def _reads_of_live(genotype: Genotype) -> set[int]:
-    reads: set[int] = set()
-    for index in _live_nodes(genotype):
-        i = index - NUM_INPUTS
-        reads.update(genotype.nodes[i].inputs + genotype.absorbed[i])
-    return reads

@@ -95,15 +95,27 @@ class Node:
 
 @dataclass(frozen=True)
 class Genotype:
-    """A neck as data: see the module docstring. Construct with ``Genotype.create``."""
+    """A neck as data: see the module docstring. Validated on construction.
+
+    ``outputs`` may be given as ``{"P3": index, ...}`` or as five indices in level order.
+    """
 
     nodes: tuple[Node, ...]
     outputs: tuple[int, ...]  # pool index of the node that is P3, P4, ..., P7
     extra_levels: tuple[Node, ...] = ()
     name: str = ""
     # Derived on validation: per pool entry its level, and per node the extra entries it absorbs.
-    entry_levels: tuple[int, ...] = field(default=(), compare=False, repr=False)
-    absorbed: tuple[tuple[int, ...], ...] = field(default=(), compare=False, repr=False)
+    entry_levels: tuple[int, ...] = field(init=False, compare=False, repr=False)
+    absorbed: tuple[tuple[int, ...], ...] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        set_field = object.__setattr__  # frozen: fields are normalised once, here
+        set_field(self, "nodes", tuple(self.nodes))
+        set_field(self, "extra_levels", tuple(self.extra_levels))
+        levels, absorbed, outputs = _validate(self.nodes, self.outputs, self.extra_levels)
+        set_field(self, "outputs", outputs)
+        set_field(self, "entry_levels", levels)
+        set_field(self, "absorbed", absorbed)
 
     @classmethod
     def create(
@@ -114,7 +126,7 @@ class Genotype:
         name: str = "",
     ) -> Genotype:
         """Validates and returns a genotype; raises ``GenotypeError`` naming node and reason."""
-        return _validated(tuple(nodes), outputs, tuple(extra_levels), name)
+        return cls(tuple(nodes), outputs, tuple(extra_levels), name)  # type: ignore[arg-type]
 
     @property
     def num_entries(self) -> int:
@@ -123,6 +135,26 @@ class Genotype:
     def node(self, index: int) -> Node:
         """The node that makes pool entry ``index`` (>= NUM_INPUTS)."""
         return self.nodes[index - NUM_INPUTS]
+
+    def reads(self, index: int) -> tuple[int, ...]:
+        """What node ``index`` reads: its inputs, then the entries it absorbs."""
+        i = index - NUM_INPUTS
+        return self.nodes[i].inputs + self.absorbed[i]
+
+    def used_entries(self) -> set[int]:
+        """Pool entries some output depends on: nodes, what they read, the extra levels' sources."""
+        used: set[int] = set()
+        stack = list(self.outputs)
+        while stack:
+            index = stack.pop()
+            if index in used:
+                continue
+            used.add(index)
+            if index >= NUM_INPUTS:
+                stack.extend(self.reads(index))
+            elif index >= BACKBONE_INPUTS and self.extra_levels:
+                stack.extend(self.extra_levels[index - BACKBONE_INPUTS].inputs)
+        return used
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -264,12 +296,12 @@ def _type_name(value: Any) -> str:
 # --- validation ----------------------------------------------------------------------------
 
 
-def _validated(
+def _validate(
     nodes: tuple[Node, ...],
     outputs: dict[str, Any] | list[int] | tuple[int, ...],
     extra: tuple[Node, ...],
-    name: str,
-) -> Genotype:
+) -> tuple[tuple[int, ...], tuple[tuple[int, ...], ...], tuple[int, ...]]:
+    """Checks the graph; returns per entry its level, per node what it absorbs, the outputs."""
     if len(extra) not in (0, 2):
         raise GenotypeError(f"extra_levels: give two nodes (P6, P7) or none, got {len(extra)}")
     if not nodes:
@@ -282,6 +314,8 @@ def _validated(
             raise GenotypeError(f"{where}: level must be {expected}, got {node.level}")
         if len(node.inputs) != 1:
             raise GenotypeError(f"{where}: reads exactly one entry, got {len(node.inputs)}")
+        if node.absorb_unconsumed:
+            raise GenotypeError(f"{where}: 'absorb_unconsumed' applies to cell nodes only")
         _check_node(node, where, available, levels)
         available.append(BACKBONE_INPUTS + i)
     available_note = "" if extra else " (P6 and P7, entries 3 and 4, are absent: extra_levels is empty)"
@@ -304,7 +338,7 @@ def _validated(
     # Outputs last: a message about a node beats one about the outputs that depend on it.
     outputs = _outputs_from_mapping(outputs) if isinstance(outputs, dict) else tuple(outputs)
     _check_outputs(outputs, levels)
-    return Genotype(nodes, outputs, extra, name, tuple(levels), tuple(absorbed))
+    return tuple(levels), tuple(absorbed), outputs
 
 
 def _check_node(node: Node, where: str, available: list[int], levels: list[int], note: str = "") -> None:

@@ -133,3 +133,14 @@ def test_neck_drops_into_fcos_and_faster_rcnn(kind: str) -> None:
     with torch.no_grad():
         detections = model(images)
     assert len(detections) == 2 and "boxes" in detections[0]
+
+
+def test_only_the_extra_levels_in_use_are_built() -> None:
+    # P7 straight from C5 and no node reading P6: the P6 projection must not be built.
+    nodes = [Node(level=level, inputs=(min(level - 3, 2),), post="conv") for level in (3, 4, 5)]
+    nodes += [Node(level=6, inputs=(7,)), Node(level=7, inputs=(4,))]
+    extra = [Node(level=6, inputs=(2,)), Node(level=7, inputs=(2,), down="max")]
+    neck = build_neck(Genotype.create(nodes, [5, 6, 7, 8, 9], extra), WIDTHS, 16, norm=None)
+    assert list(neck.extra_levels) == ["4"]
+    out = neck.eval()(neck_inputs(WIDTHS, 128))
+    assert out["P7"].shape[-1] == 1

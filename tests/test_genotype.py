@@ -146,3 +146,14 @@ def test_file_errors_name_the_file(tmp_path) -> None:
     bad.write_text(json.dumps(_edit(("nodes", 2, "level"), 9)))
     with pytest.raises(GenotypeError, match=r"bad\.json: node 7: level 9 is outside the pyramid"):
         load_genotype(bad)
+
+
+def test_direct_construction_validates() -> None:
+    with pytest.raises(GenotypeError, match="node 5: level 9 is outside the pyramid"):
+        Genotype((Node(level=9, inputs=(0,)),), (5, 5, 5, 5, 5))
+
+
+def test_extra_levels_do_not_absorb() -> None:
+    data = _edit(("extra_levels", 0, "absorb_unconsumed"), True)
+    with pytest.raises(GenotypeError, match="extra level P6: 'absorb_unconsumed' applies to cell nodes only"):
+        Genotype.from_dict(data)
