@@ -1,0 +1,624 @@
+"""The embedded dataset: a deterministic generator of multi-scale shape scenes in COCO format.
+
+``synthesize(out_dir)`` writes::
+
+    out_dir/images/train/000000.png ...        lossless PNG, one scene an image
+    out_dir/images/val/000000.png ...
+    out_dir/annotations/instances_train.json   COCO: file_name is relative to out_dir/images
+    out_dir/annotations/instances_val.json     ("train/000000.png"), image ids count from 1
+    out_dir/dataset.json                       manifest: generator, version, arguments; written last
+
+It is built so that the *neck* matters, i.e. so that fusing features across scales pays off:
+
+- Seven classes (``CATEGORIES``) that differ only in shape: disc, ring, square, triangle,
+  cross, bar, star. Colour and fill texture (solid, stripes, gradient, speckle) are drawn
+  independently of the class, so colour alone tells nothing; every shape but the disc and the
+  ring is rotated at random.
+- Sizes span five octaves and more: an object's extent (circumscribed diameter) is drawn
+  log-distributed from ``MIN_EXTENT`` = 3 px to ``MAX_EXTENT`` = 7/8 of the image (3..112 px at
+  128 px, 5.2 octaves), skewed small. In the default dataset the longer box side is under 8 px
+  for 40% of the boxes, under 16 px for 60%, 32 px or more for 24%, 64 px or more for 10% --
+  COCO's share of small objects once 640 px images are scaled to 128. Small objects need P3
+  with the semantics of the coarse levels; the largest live on P6/P7.
+- Clutter: 3-12 unannotated distractors a scene -- lines, polylines, arcs, pie slices (partial
+  discs), irregular blobs, specks -- in the same colours and textures as the objects, some in
+  front of objects.
+- Textured backgrounds: a two-colour gradient plus one to three of smooth value noise,
+  sinusoidal stripes, fine noise; mild sensor noise over the whole image.
+- Occlusion: objects overlap in a random depth order (larger ones tend to lie behind). The
+  annotation is the full (amodal) box of the object, clipped to the image; an object with less
+  than ``MIN_VISIBLE`` = 40% of its area visible (occluded or out of frame) is not annotated.
+- Contrast: every object and distractor differs from what lies under it by 0.15-0.55 in
+  luminance, so every object is visible to a careful eye.
+
+Defaults (``DEFAULT_SIZE`` = 128 px, 1024 train and 256 val images) are chosen for a proxy
+trial that trains and evaluates in about a minute on 2 CPU cores. 128 px is the smallest image
+on which all five pyramid levels P3..P7 (strides 8..128) exist -- P7 is 1x1 -- so the neck keeps
+its full five-level graph, while a step costs a quarter of one at 256 px: a torchvision
+RetinaNet with a ResNet-10 body and 64-channel FPN trained at 54 images/s at 128 px and 14/s at
+256 px on the 2-core development machine. A ~45 s training budget is then ~2,400 images, about
+two passes over 1,024 distinct scenes (a 4x longer budget, eight passes); decoded, the training
+set takes 50 MB, so it stays in memory. 256 validation scenes hold about 2,100 boxes, 300 a
+class, and evaluate in a few seconds. Generating the default takes about 5 s on 2 cores and
+49 MB of disk.
+
+Every image is a pure function of ``(seed, split, index, size)`` (see ``render``): its random
+generator is seeded from exactly those, so any image can be regenerated alone, and equal
+arguments give byte-identical files.
+
+Caching: a second call with the same arguments on an intact folder (manifest, annotation files
+and image listing as recorded) returns at once and writes nothing. Generation happens in a
+hidden sibling folder that is moved into place only when complete (manifest written last), so a
+crash never leaves a folder that looks complete. A folder of ours made with other arguments is
+replaced; a non-empty folder that is not ours (no manifest of this generator) is never touched:
+``FileExistsError``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+GENERATOR = "nasfpn.data.synth"
+VERSION = 1
+MANIFEST = "dataset.json"
+SPLITS = ("train", "val")
+CATEGORIES = ("disc", "ring", "square", "triangle", "cross", "bar", "star")
+
+DEFAULT_TRAIN = 1024
+DEFAULT_VAL = 256
+DEFAULT_SIZE = 128
+MIN_SIZE = 32
+
+MIN_EXTENT = 3.0  # px, the smallest object's extent
+MAX_EXTENT = 0.875  # of the image side, the largest object's extent
+SIZE_SKEW = 1.4  # log2(extent) = lo + (hi - lo) * u**SIZE_SKEW, u ~ U(0, 1): > 1 favours small
+MIN_VISIBLE = 0.4  # objects with less of their area visible are not annotated
+MAX_OUTSIDE = 0.25  # at most this fraction of an object's extent may lie outside the image
+OBJECTS_PER_IMAGE = (4, 14)  # inclusive range of objects placed (before occlusion drops some)
+DISTRACTORS_PER_IMAGE = (3, 12)
+
+_SPLIT_CODES = {"train": 0, "val": 1}
+_CHUNK = 64  # images a worker task renders
+_DISTRACTORS = ("line", "polyline", "arc", "pie", "blob", "specks")
+_FILLS = ("solid", "solid", "stripes", "gradient", "speckle")
+
+
+def synthesize(
+    out_dir: str | Path,
+    *,
+    train: int = DEFAULT_TRAIN,
+    val: int = DEFAULT_VAL,
+    size: int = DEFAULT_SIZE,
+    seed: int = 0,
+    workers: int | None = None,
+) -> Path:
+    """Writes the dataset into ``out_dir`` (or finds it there already) and returns ``out_dir``.
+
+    Args:
+        out_dir: the dataset folder; created with its parents. Must be absent, empty, or a folder
+            this function wrote.
+        train: number of training images.
+        val: number of validation images.
+        size: side of the square images in pixels (at least ``MIN_SIZE``).
+        seed: the dataset's seed; image ``i`` of a split depends only on (seed, split, i, size).
+        workers: processes rendering images (default: one a CPU core); the output is the same
+            for any number.
+
+    Raises:
+        ValueError: an argument out of range.
+        FileExistsError: ``out_dir`` holds files that are not a dataset of this generator.
+    """
+    args = _arguments(train=train, val=val, size=size, seed=seed)
+    out = Path(out_dir)
+    if is_intact(out, **args):
+        return out
+    _check_replaceable(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        _generate(tmp, args, _workers(workers))
+        _install(tmp, out, args)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already unless something failed
+    return out
+
+
+def is_intact(out_dir: str | Path, *, train: int, val: int, size: int, seed: int) -> bool:
+    """Whether ``out_dir`` holds this generator's complete dataset for exactly these arguments."""
+    out = Path(out_dir)
+    manifest = _read_manifest(out)
+    args = {"train": train, "val": val, "size": size, "seed": seed}
+    if manifest is None or manifest.get("version") != VERSION or manifest.get("args") != args:
+        return False
+    for relative, nbytes in manifest.get("files", {}).items():
+        path = out / relative
+        if not path.is_file() or path.stat().st_size != nbytes:
+            return False
+    for split in SPLITS:
+        try:
+            names = set(os.listdir(out / "images" / split))
+        except OSError:
+            return False
+        if names != {_image_name(i) for i in range(args[split])}:
+            return False
+    return True
+
+
+def render(seed: int, split: str, index: int, size: int = DEFAULT_SIZE) -> tuple[Image.Image, list[dict]]:
+    """One scene: the RGB image and its annotations.
+
+    Each annotation is ``{"category_id": 1..7, "bbox": [x, y, w, h], "area": w * h}`` (the full
+    box of the object, clipped to the image), in depth order, back to front.
+    """
+    if split not in _SPLIT_CODES:
+        raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], index, size])
+    canvas = _background(rng, size)
+    layers = _objects(rng, size) + _distractors(rng, size)
+    depth = np.array([layer.depth for layer in layers])
+    layers = [layers[i] for i in np.argsort(depth, kind="stable")]  # back to front
+
+    # Front to back: the share of each object's area not covered by what lies in front of it.
+    cover = np.zeros((size, size), np.float32)
+    visible = [0.0] * len(layers)
+    for i in range(len(layers) - 1, -1, -1):
+        layer = layers[i]
+        alpha, region = layer.clipped(size)
+        if layer.category is not None and layer.total_alpha > 0:
+            visible[i] = float((alpha * (1.0 - cover[region])).sum()) / layer.total_alpha
+        cover[region] = 1.0 - (1.0 - cover[region]) * (1.0 - alpha)
+
+    annotations = []
+    for i, layer in enumerate(layers):
+        alpha, region = layer.clipped(size)
+        under = canvas[region]
+        weight = alpha.sum()
+        base = (under * alpha[..., None]).sum((0, 1)) / weight if weight > 0 else under.mean((0, 1))
+        fill = _fill(rng, alpha.shape, _luminance(base))
+        canvas[region] = under * (1.0 - alpha[..., None]) + fill * alpha[..., None]
+        if layer.category is not None and visible[i] >= MIN_VISIBLE:
+            x0, y0, x1, y1 = (min(max(v, 0.0), float(size)) for v in layer.box)
+            if x1 > x0 and y1 > y0:
+                bbox = [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
+                area = round(bbox[2] * bbox[3], 2)
+                annotations.append({"category_id": layer.category, "bbox": bbox, "area": area})
+
+    sensor_noise = np.float32(rng.uniform(0.02, 0.08))  # peak to peak, uniform
+    canvas += (rng.random(canvas.shape, np.float32) - 0.5) * sensor_noise
+    pixels = np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB"), annotations
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def _arguments(*, train: int, val: int, size: int, seed: int) -> dict[str, int]:
+    args = {"train": train, "val": val, "size": size, "seed": seed}
+    for name, value in args.items():
+        low = MIN_SIZE if name == "size" else 0
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"synthesize: {name} must be an integer >= {low}, got {value!r}")
+    return args
+
+
+def _image_name(index: int) -> str:
+    return f"{index:06d}.png"
+
+
+def _read_manifest(out: Path) -> dict[str, Any] | None:
+    try:
+        manifest = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("generator") != GENERATOR:
+        return None
+    return manifest
+
+
+def _check_replaceable(out: Path) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise FileExistsError(f"{out}: exists and is not a folder; not writing a dataset there")
+    if any(out.iterdir()) and _read_manifest(out) is None:
+        raise FileExistsError(
+            f"{out}: folder holds files but no {MANIFEST} of {GENERATOR}; "
+            "not overwriting it (choose an empty or new folder)"
+        )
+
+
+def _generate(root: Path, args: dict[str, int], workers: int) -> None:
+    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
+    files: dict[str, int] = {}
+    counts: dict[str, dict[str, int]] = {}
+    (root / "annotations").mkdir()
+    for split in SPLITS:
+        folder = root / "images" / split
+        folder.mkdir(parents=True)
+        images, annotations = [], []
+        for index, objects in enumerate(_render_split(folder, split, args, workers)):
+            image_id = index + 1
+            file_name = f"{split}/{_image_name(index)}"
+            side = args["size"]
+            images.append({"id": image_id, "file_name": file_name, "width": side, "height": side})
+            for obj in objects:
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj, "iscrowd": 0})
+        data = {
+            "info": {"description": f"{GENERATOR} v{VERSION} {split}", "version": str(VERSION), **args},
+            "licenses": [],
+            "images": images,
+            "annotations": annotations,
+            "categories": categories,
+        }
+        relative = f"annotations/instances_{split}.json"
+        text = json.dumps(data, separators=(",", ":"))
+        (root / relative).write_text(text)
+        files[relative] = len(text.encode())
+        counts[split] = {"images": len(images), "annotations": len(annotations)}
+    manifest = {"generator": GENERATOR, "version": VERSION, "args": args, "counts": counts, "files": files}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")  # last: marks the folder complete
+
+
+def _workers(workers: int | None) -> int:
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1  # a spawned worker would re-import torch through nas/__init__: not worth it
+    return max(1, workers)
+
+
+def _render_chunk(folder: Path, split: str, args: dict[str, int], indices: range) -> list[list[dict]]:
+    """Renders and writes images ``indices`` of ``split``; returns their annotations."""
+    out = []
+    for index in indices:
+        image, objects = render(args["seed"], split, index, args["size"])
+        image.save(folder / _image_name(index), format="PNG", compress_level=1)
+        out.append(objects)
+    return out
+
+
+def _render_split(folder: Path, split: str, args: dict[str, int], workers: int) -> Iterator[list[dict]]:
+    """Every image's annotations in index order, rendered by ``workers`` forked processes."""
+    count = args[split]
+    chunks = [range(i, min(i + _CHUNK, count)) for i in range(0, count, _CHUNK)]
+    if workers <= 1 or len(chunks) <= 1:
+        for chunk in chunks:
+            yield from _render_chunk(folder, split, args, chunk)
+        return
+    # Forked workers run only numpy and PIL (no torch, no threads of their own); the output does
+    # not depend on how images are spread over them.
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context) as pool:
+        for result in pool.map(_render_chunk, *zip(*[(folder, split, args, c) for c in chunks])):
+            yield from result
+
+
+def _install(tmp: Path, out: Path, args: dict[str, int]) -> None:
+    """Moves the finished ``tmp`` to ``out``, replacing an empty folder or a stale one of ours."""
+    old = None
+    if out.exists():
+        if is_intact(out, **args):  # another process finished the same dataset meanwhile
+            return
+        _check_replaceable(out)
+        if any(out.iterdir()):
+            old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
+            out.rename(old)
+        else:
+            out.rmdir()
+    try:
+        tmp.rename(out)
+    except OSError:
+        if not is_intact(out, **args):  # unless another process installed the same meanwhile
+            if old is not None and not out.exists():
+                old.rename(out)  # put the previous dataset back
+                old = None
+            raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+# --- scene content ----------------------------------------------------------------------------
+
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1
+ToPixels = Callable[[float, float], tuple[float, float]]
+DrawFn = Callable[[ImageDraw.ImageDraw, ToPixels, int], None]  # (draw, to_px, supersampling)
+
+
+@dataclass
+class _Layer:
+    """A shape rendered as coverage ``alpha`` over the pixels ``[y0, y0+h) x [x0, x0+w)``."""
+
+    alpha: np.ndarray  # float32 (h, w) in [0, 1]; may extend beyond the image
+    x0: int
+    y0: int
+    depth: float
+    category: int | None = None  # 1-based category id, None for a distractor
+    box: Box = (0.0, 0.0, 0.0, 0.0)  # unclipped
+    total_alpha: float = 0.0
+
+    def clipped(self, size: int) -> tuple[np.ndarray, tuple[slice, slice]]:
+        h, w = self.alpha.shape
+        ya, xa = max(self.y0, 0), max(self.x0, 0)
+        yb, xb = min(self.y0 + h, size), min(self.x0 + w, size)
+        yb, xb = max(yb, ya), max(xb, xa)
+        alpha = self.alpha[ya - self.y0 : yb - self.y0, xa - self.x0 : xb - self.x0]
+        return alpha, (slice(ya, yb), slice(xa, xb))
+
+
+def _supersampling(extent: float) -> int:
+    return 4 if extent < 32 else 2
+
+
+def _raster(extent: float, cx: float, cy: float, draw_fn: DrawFn) -> tuple[np.ndarray, int, int, Box]:
+    """Renders ``draw_fn(draw, to_px, ss)`` around (cx, cy) supersampled ``ss`` times.
+
+    Returns the coverage (alpha) at image resolution, its origin and the shape's box.
+    ``to_px(x, y)`` maps image coordinates to the supersampled patch. The box is the tight
+    bounds of the shape at the supersampled resolution, in image coordinates.
+    """
+    ss = _supersampling(extent)
+    half = extent / 2 + 2
+    x0, y0 = math.floor(cx - half), math.floor(cy - half)
+    w, h = math.ceil(cx + half) - x0, math.ceil(cy + half) - y0
+    mask = Image.new("L", (w * ss, h * ss), 0)
+    draw = ImageDraw.Draw(mask)
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        return (x - x0) * ss, (y - y0) * ss
+
+    draw_fn(draw, to_px, ss)
+    high = np.asarray(mask)
+    rows, cols = np.flatnonzero(high.any(1)), np.flatnonzero(high.any(0))
+    if rows.size == 0:
+        box = (cx, cy, cx, cy)
+    else:
+        box = (x0 + cols[0] / ss, y0 + rows[0] / ss, x0 + (cols[-1] + 1) / ss, y0 + (rows[-1] + 1) / ss)
+    alpha = np.asarray(mask.reduce(ss), np.float32) / 255.0
+    return alpha, x0, y0, box
+
+
+def _regular(n: int, radius: float, theta: float, cx: float, cy: float, inner: float | None = None) -> list:
+    points = []
+    steps = n * 2 if inner is not None else n
+    for k in range(steps):
+        r = radius if inner is None or k % 2 == 0 else inner
+        a = theta + 2 * math.pi * k / steps
+        points.append((cx + r * math.cos(a), cy + r * math.sin(a)))
+    return points
+
+
+def _rotated_rect(cx: float, cy: float, half_l: float, half_w: float, theta: float) -> list:
+    c, s = math.cos(theta), math.sin(theta)
+    corners = ((half_l, half_w), (-half_l, half_w), (-half_l, -half_w), (half_l, -half_w))
+    return [(cx + u * c - v * s, cy + u * s + v * c) for u, v in corners]
+
+
+def _ellipse_points(cx: float, cy: float, rx: float, ry: float, theta: float, n: int = 40) -> list:
+    c, s = math.cos(theta), math.sin(theta)
+    pts = []
+    for k in range(n):
+        a = 2 * math.pi * k / n
+        u, v = rx * math.cos(a), ry * math.sin(a)
+        pts.append((cx + u * c - v * s, cy + u * s + v * c))
+    return pts
+
+
+def _shape(rng: np.random.Generator, name: str, extent: float, cx: float, cy: float) -> DrawFn:
+    """A draw function for class ``name`` with circumscribed diameter ``extent`` at (cx, cy)."""
+    r = extent / 2
+    theta = rng.uniform(0, 2 * math.pi)
+    if name == "disc":
+        return lambda d, p, ss: d.ellipse([*p(cx - r, cy - r), *p(cx + r, cy + r)], fill=255)
+    if name == "ring":
+        inner = r - max(0.8, r * rng.uniform(0.25, 0.45))
+
+        def ring(d, p, ss):
+            d.ellipse([*p(cx - r, cy - r), *p(cx + r, cy + r)], fill=255)
+            d.ellipse([*p(cx - inner, cy - inner), *p(cx + inner, cy + inner)], fill=0)
+
+        return ring
+    if name == "square":
+        polygons = [_regular(4, r, theta, cx, cy)]
+    elif name == "triangle":
+        polygons = [_regular(3, r, theta, cx, cy)]
+    elif name == "cross":
+        half_w = max(0.5, r * rng.uniform(0.2, 0.3))
+        polygons = [_rotated_rect(cx, cy, r, half_w, theta + k * math.pi / 2) for k in (0, 1)]
+    elif name == "bar":
+        half_w = max(0.5, r * rng.uniform(0.15, 0.28))
+        polygons = [_rotated_rect(cx, cy, r, half_w, theta)]
+    elif name == "star":
+        polygons = [_regular(5, r, theta, cx, cy, inner=r * rng.uniform(0.38, 0.48))]
+    else:
+        raise AssertionError(name)
+
+    def draw(d, p, ss):
+        for polygon in polygons:
+            d.polygon([p(x, y) for x, y in polygon], fill=255)
+
+    return draw
+
+
+def _extent(rng: np.random.Generator, low: float, high: float, skew: float) -> float:
+    lo, hi = math.log2(low), math.log2(high)
+    return 2.0 ** (lo + (hi - lo) * rng.random() ** skew)
+
+
+def _centre(rng: np.random.Generator, size: int, extent: float) -> tuple[float, float]:
+    margin = extent * (0.5 - MAX_OUTSIDE)
+    return rng.uniform(margin, size - margin), rng.uniform(margin, size - margin)
+
+
+def _objects(rng: np.random.Generator, size: int) -> list[_Layer]:
+    layers = []
+    for _ in range(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1)):
+        category = int(rng.integers(len(CATEGORIES)))
+        extent = _extent(rng, MIN_EXTENT, MAX_EXTENT * size, SIZE_SKEW)
+        cx, cy = _centre(rng, size, extent)
+        alpha, x0, y0, box = _raster(extent, cx, cy, _shape(rng, CATEGORIES[category], extent, cx, cy))
+        depth = -math.log2(extent) + rng.normal(0.0, 1.5)  # larger objects tend to lie behind
+        layers.append(_Layer(alpha, x0, y0, depth, category + 1, box, float(alpha.sum())))
+    return layers
+
+
+def _distractor(rng: np.random.Generator, kind: str, extent: float, cx: float, cy: float) -> DrawFn:
+    r = extent / 2
+    theta = rng.uniform(0, 2 * math.pi)
+    if kind == "line":
+        width = int(rng.integers(1, 3))
+        dx, dy = r * math.cos(theta), r * math.sin(theta)
+        return lambda d, p, ss: d.line([p(cx - dx, cy - dy), p(cx + dx, cy + dy)], fill=255, width=width * ss)
+    if kind == "polyline":
+        width = int(rng.integers(1, 3))
+        points = list(rng.uniform(-1, 1, (int(rng.integers(3, 7)), 2)) * r + (cx, cy))
+        return lambda d, p, ss: d.line([p(*xy) for xy in points], fill=255, width=width * ss, joint="curve")
+    if kind == "arc":  # a partial ring
+        start = rng.uniform(0, 360)
+        span = rng.uniform(60, 250)
+        width = max(1.0, r * rng.uniform(0.1, 0.4))
+        box = (cx - r, cy - r, cx + r, cy + r)
+        return lambda d, p, ss: d.arc(
+            [*p(*box[:2]), *p(*box[2:])], start, start + span, fill=255, width=max(1, round(width * ss))
+        )
+    if kind == "pie":  # a partial disc
+        start = rng.uniform(0, 360)
+        span = rng.uniform(70, 260)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        return lambda d, p, ss: d.pieslice([*p(*box[:2]), *p(*box[2:])], start, start + span, fill=255)
+    if kind == "blob":  # a few overlapping random ellipses
+        parts = []
+        for _ in range(int(rng.integers(2, 5))):
+            ox, oy = rng.uniform(-0.45, 0.45, 2) * r
+            rx, ry = rng.uniform(0.2, 0.55, 2) * r
+            parts.append(_ellipse_points(cx + ox, cy + oy, rx, ry, rng.uniform(0, math.pi)))
+
+        def blob(d, p, ss):
+            for pts in parts:
+                d.polygon([p(x, y) for x, y in pts], fill=255)
+
+        return blob
+    if kind == "specks":  # a scatter of 1-2 px dots, smaller than the smallest object
+        count = int(rng.integers(3, 9))
+        dots = [(cx + x * r, cy + y * r, rng.uniform(0.4, 0.9)) for x, y in rng.uniform(-1, 1, (count, 2))]
+
+        def specks(d, p, ss):
+            for x, y, rad in dots:
+                d.ellipse([*p(x - rad, y - rad), *p(x + rad, y + rad)], fill=255)
+
+        return specks
+    raise AssertionError(kind)
+
+
+def _distractors(rng: np.random.Generator, size: int) -> list[_Layer]:
+    layers = []
+    for _ in range(rng.integers(DISTRACTORS_PER_IMAGE[0], DISTRACTORS_PER_IMAGE[1] + 1)):
+        kind = _DISTRACTORS[int(rng.integers(len(_DISTRACTORS)))]
+        extent = _extent(rng, 4.0, 0.6 * size, 1.2)
+        cx, cy = _centre(rng, size, extent)
+        alpha, x0, y0, _ = _raster(extent, cx, cy, _distractor(rng, kind, extent, cx, cy))
+        depth = rng.uniform(-math.log2(size), 0.0) + rng.normal(0.0, 1.0)
+        layers.append(_Layer(alpha, x0, y0, depth))
+    return layers
+
+
+# --- colour and texture -----------------------------------------------------------------------
+
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def _luminance(rgb: np.ndarray) -> float:
+    return float(rgb @ _LUMA)
+
+
+def _colour(rng: np.random.Generator, target: float) -> np.ndarray:
+    """A random hue and saturation, blended towards black or white to luminance ``target``."""
+    hue, sat = rng.uniform(0, 6), rng.uniform(0.0, 0.85)
+    k = np.array([5.0, 3.0, 1.0]) + hue
+    rgb = (1.0 - sat * np.clip(np.minimum(k % 6, 4 - k % 6), 0, 1)).astype(np.float32)  # HSV, v=1
+    lum = _luminance(rgb)
+    if lum > target:
+        return rgb * (target / lum)
+    return rgb + (1.0 - rgb) * ((target - lum) / max(1.0 - lum, 1e-6))
+
+
+def _contrasting(rng: np.random.Generator, under: float, low: float = 0.15, high: float = 0.55) -> np.ndarray:
+    """A colour whose luminance differs from ``under`` by ``low..high``, darker or lighter."""
+    delta = rng.uniform(low, high)
+    up, down = under + delta, under - delta
+    if up > 0.97 or (down >= 0.03 and rng.random() < 0.5):
+        target = max(down, 0.03)
+    else:
+        target = up
+    return _colour(rng, target)
+
+
+def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    h, w = shape
+    return np.mgrid[0:h, 0:w].astype(np.float32)
+
+
+def _fill(rng: np.random.Generator, shape: tuple[int, int], under: float) -> np.ndarray:
+    """An (h, w, 3) fill contrasting with luminance ``under``: solid, stripes, gradient or speckle."""
+    h, w = shape
+    first = _contrasting(rng, under)
+    kind = _FILLS[int(rng.integers(len(_FILLS)))]
+    fill = np.broadcast_to(first, (h, w, 3)).astype(np.float32)
+    if kind == "solid" or h == 0 or w == 0:
+        return fill
+    if kind == "speckle":
+        return fill + rng.standard_normal((h, w, 1), np.float32) * np.float32(rng.uniform(0.04, 0.1))
+    second = _colour(rng, float(np.clip(_luminance(first) + rng.uniform(-0.15, 0.15), 0.0, 1.0)))
+    yy, xx = _grid(shape)
+    angle = rng.uniform(0, math.pi)
+    along = xx * math.cos(angle) + yy * math.sin(angle)
+    if kind == "stripes":
+        t = 0.5 + 0.5 * np.sin(along * (2 * math.pi / rng.uniform(2.0, 6.0)))
+    else:  # gradient
+        t = (along - along.min()) / max(float(np.ptp(along)), 1.0)
+    return fill * (1.0 - t[..., None]) + second * t[..., None]
+
+
+def _value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+    coarse = rng.random((cells, cells)).astype(np.float32)
+    image = Image.fromarray(coarse, "F").resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(image, np.float32) - 0.5
+
+
+def _background(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A two-colour gradient plus one to three textures: value noise, stripes, fine noise."""
+    a = _colour(rng, rng.uniform(0.2, 0.8))
+    b = _colour(rng, float(np.clip(_luminance(a) + rng.uniform(-0.3, 0.3), 0.1, 0.9)))
+    yy, xx = _grid((size, size))
+    angle = rng.uniform(0, 2 * math.pi)
+    along = xx * math.cos(angle) + yy * math.sin(angle)
+    t = ((along - along.min()) / max(float(np.ptp(along)), 1.0))[..., None]
+    canvas = a * (1.0 - t) + b * t
+    textures: Sequence[int] = rng.permutation(3)[: rng.integers(1, 4)]
+    for texture in textures:
+        if texture == 0:
+            noise = _value_noise(rng, size, int(rng.integers(3, 17)))
+            canvas += (noise * rng.uniform(0.1, 0.4))[..., None] * rng.uniform(0.6, 1.0, 3).astype(np.float32)
+        elif texture == 1:
+            angle = rng.uniform(0, math.pi)
+            along = xx * math.cos(angle) + yy * math.sin(angle)
+            stripes = np.sin(along * (2 * math.pi / rng.uniform(3.0, 32.0)) + rng.uniform(0, 2 * math.pi))
+            canvas += (stripes * rng.uniform(0.03, 0.12))[..., None]
+        else:
+            canvas += rng.standard_normal((size, size, 1), np.float32) * np.float32(rng.uniform(0.01, 0.05))
+    return np.clip(canvas, 0.0, 1.0).astype(np.float32)

@@ -1,0 +1,375 @@
+"""The embedded dataset generator and the COCO-format loader, on tiny datasets in tmp_path."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from torch.utils.data import DataLoader
+
+from nas.data import synth
+from nas.data.coco import CocoDetection, DatasetError, collate, find_split
+
+TINY = {"train": 6, "val": 3, "size": 64}
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _quiet(fn, *args):
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        return fn(*args)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return synth.synthesize(tmp_path_factory.mktemp("tiny") / "shapes", seed=1, **TINY)
+
+
+# --- the generator ----------------------------------------------------------------------------
+
+
+def test_layout_and_valid_coco(tiny: Path) -> None:
+    assert sorted(p.name for p in (tiny / "images" / "train").iterdir()) == [f"{i:06d}.png" for i in range(6)]
+    for split, count in (("train", 6), ("val", 3)):
+        data = json.loads((tiny / "annotations" / f"instances_{split}.json").read_text())
+        assert [c["name"] for c in data["categories"]] == list(synth.CATEGORIES)
+        assert len(data["images"]) == count
+        for image in data["images"]:
+            assert image["file_name"].startswith(f"{split}/")
+            with Image.open(tiny / "images" / image["file_name"]) as opened:
+                assert opened.size == (image["width"], image["height"]) == (64, 64)
+        ids = {image["id"] for image in data["images"]}
+        assert data["annotations"], "a scene without objects"
+        for ann in data["annotations"]:
+            x, y, w, h = ann["bbox"]
+            assert ann["image_id"] in ids and 1 <= ann["category_id"] <= len(synth.CATEGORIES)
+            assert ann["iscrowd"] == 0 and w > 0 and h > 0 and ann["area"] == pytest.approx(w * h, abs=0.01)
+            assert 0 <= x and 0 <= y and x + w <= 64.01 and y + h <= 64.01
+    manifest = json.loads((tiny / synth.MANIFEST).read_text())
+    assert manifest["args"] == {"train": 6, "val": 3, "size": 64, "seed": 1}
+
+
+def test_deterministic_bytes_and_seed_matters(tiny: Path, tmp_path: Path) -> None:
+    again = synth.synthesize(tmp_path / "again", seed=1, **TINY)
+    assert _files(again) == _files(tiny)
+    other = _files(synth.synthesize(tmp_path / "other", seed=2, **TINY))
+    for name, content in _files(tiny).items():
+        if name.endswith(".png") or name.startswith("annotations"):
+            assert other[name] != content, name
+
+
+def test_any_image_regenerates_alone(tiny: Path) -> None:
+    image, objects = synth.render(1, "val", 2, 64)
+    with Image.open(tiny / "images" / "val" / "000002.png") as written:
+        assert np.array_equal(np.asarray(image), np.asarray(written))
+    data = json.loads((tiny / "annotations" / "instances_val.json").read_text())
+    stored = [
+        {k: a[k] for k in ("category_id", "bbox", "area")} for a in data["annotations"] if a["image_id"] == 3
+    ]
+    assert stored == objects
+
+
+def test_workers_do_not_change_the_output(tmp_path: Path) -> None:
+    args = {"train": synth._CHUNK + 6, "val": 0, "size": 32, "seed": 3}  # two chunks
+    one = synth.synthesize(tmp_path / "one", workers=1, **args)
+    two = synth.synthesize(tmp_path / "two", workers=2, **args)
+    assert _files(one) == _files(two)
+
+
+def test_ground_truth_as_detections_scores_ap_1(tiny: Path) -> None:
+    gt = _quiet(COCO, str(tiny / "annotations" / "instances_train.json"))
+    detections = [{**a, "score": 1.0} for a in gt.dataset["annotations"]]
+    evaluation = COCOeval(gt, _quiet(gt.loadRes, detections), "bbox")
+    _quiet(evaluation.evaluate)
+    _quiet(evaluation.accumulate)
+    _quiet(evaluation.summarize)
+    assert evaluation.stats[0] == pytest.approx(1.0)
+
+
+def test_sizes_span_five_octaves_skewed_small() -> None:
+    sides = np.array([max(a["bbox"][2:]) for i in range(40) for a in synth.render(0, "train", i)[1]])
+    assert sides.max() / sides.min() >= 32
+    octaves = [int(((sides >= lo) & (sides < 2 * lo)).sum()) for lo in (4, 8, 16, 32, 64)]
+    assert all(octaves), octaves
+    assert (sides < 16).mean() > 0.4 and (sides >= 32).mean() < 0.35  # many small ones
+    categories = {a["category_id"] for i in range(40) for a in synth.render(0, "train", i)[1]}
+    assert categories == set(range(1, len(synth.CATEGORIES) + 1))
+
+
+def test_same_arguments_reuse_the_cached_copy(tiny: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in tiny.rglob("*")}
+    assert synth.synthesize(tiny, seed=1, **TINY) == tiny
+    assert {p: p.stat().st_mtime_ns for p in tiny.rglob("*")} == before
+
+
+def test_other_arguments_regenerate_our_folder(tmp_path: Path) -> None:
+    out = synth.synthesize(tmp_path / "d", train=2, val=1, size=32)
+    assert synth.synthesize(out, train=2, val=2, size=32) == out
+    assert len(list((out / "images" / "val").iterdir())) == 2
+    assert json.loads((out / synth.MANIFEST).read_text())["args"]["val"] == 2
+    assert synth.is_intact(out, train=2, val=2, size=32, seed=0)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"]  # no partial or old copies left
+
+
+def test_a_damaged_copy_is_regenerated(tmp_path: Path) -> None:
+    out = synth.synthesize(tmp_path / "d", train=2, val=1, size=32)
+    (out / "images" / "train" / "000001.png").unlink()
+    assert not synth.is_intact(out, train=2, val=1, size=32, seed=0)
+    synth.synthesize(out, train=2, val=1, size=32)
+    assert (out / "images" / "train" / "000001.png").is_file()
+
+
+def test_refuses_a_folder_that_is_not_ours(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=f"{tmp_path}.*no dataset.json"):
+        synth.synthesize(tmp_path, train=1, val=1, size=32)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_crash_leaves_no_complete_looking_folder(tmp_path: Path, monkeypatch) -> None:
+    real, calls = synth.render, []
+
+    def failing(*args):
+        calls.append(args)
+        if len(calls) == 3:
+            raise RuntimeError("power cut")
+        return real(*args)
+
+    monkeypatch.setattr(synth, "render", failing)
+    with pytest.raises(RuntimeError, match="power cut"):
+        synth.synthesize(tmp_path / "d", train=4, val=1, size=32, workers=1)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="size must be an integer >= 32"):
+        synth.synthesize("/nonexistent/never", size=16)
+
+
+# --- the loader -------------------------------------------------------------------------------
+
+
+def _image(path: Path, size: tuple[int, int], colour: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+def _dataset(root: Path, **edits) -> Path:
+    """A small hand-made COCO file: non-contiguous ids, a subfolder, two image sizes."""
+    _image(root / "images" / "a" / "b" / "x.png", (40, 30), (255, 0, 0))
+    _image(root / "images" / "y.png", (64, 48), (0, 0, 255))
+    data = {
+        "images": [
+            {"id": 1000, "file_name": "a/b/x.png", "width": 40, "height": 30},
+            {"id": 5, "file_name": "y.png", "width": 64, "height": 48},
+        ],
+        "categories": [{"id": 90, "name": "zebra"}, {"id": 3, "name": "car"}, {"id": 17, "name": "cat"}],
+        "annotations": [
+            {
+                "id": 11,
+                "image_id": 1000,
+                "category_id": 17,
+                "bbox": [2, 3, 10, 20],
+                "area": 200,
+                "iscrowd": 0,
+            },
+            {"id": 12, "image_id": 5, "category_id": 90, "bbox": [0, 0, 64, 48], "area": 3072, "iscrowd": 0},
+            {"id": 13, "image_id": 5, "category_id": 3, "bbox": [60, 40, 10, 10]},  # clipped, no area/iscrowd
+        ],
+    }
+    for key, value in edits.items():
+        data[key] = value(data[key]) if callable(value) else value
+    path = root / "annotations" / "instances_train.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    return path
+
+
+def test_non_contiguous_ids_subfolders_and_sizes(tmp_path: Path) -> None:
+    path = _dataset(tmp_path)
+    ds = CocoDetection(path, tmp_path / "images")
+    assert len(ds) == 2 and ds.ids == [1000, 5]
+    assert ds.categories == ["car", "cat", "zebra"] and ds.num_categories == 3
+    assert ds.label_to_category_id == {1: 3, 2: 17, 3: 90}
+    assert ds.category_id_to_label == {3: 1, 17: 2, 90: 3}
+
+    image, target = ds[0]
+    assert image.dtype == torch.float32 and image.shape == (3, 30, 40)
+    assert torch.equal(image[:, 0, 0], torch.tensor([1.0, 0.0, 0.0]))
+    assert target["image_id"] == 1000
+    assert torch.equal(target["boxes"], torch.tensor([[2.0, 3.0, 12.0, 23.0]]))
+    assert target["labels"].dtype == torch.int64 and target["labels"].tolist() == [2]
+
+    image, target = ds[1]
+    assert image.shape == (3, 48, 64) and torch.equal(image[:, 5, 5], torch.tensor([0.0, 0.0, 1.0]))
+    assert target["image_id"] == 5 and target["labels"].tolist() == [3, 1]
+    assert torch.equal(target["boxes"], torch.tensor([[0.0, 0.0, 64.0, 48.0], [60.0, 40.0, 64.0, 48.0]]))
+    assert [ds.label_to_category_id[label] for label in target["labels"].tolist()] == [90, 3]
+    assert ds.coco.anns[13]["area"] == 100 and ds.coco.anns[13]["iscrowd"] == 0  # filled in for COCOeval
+    assert ds.skipped == {"crowd": 0, "zero_area": 0}
+
+
+def test_from_dir_reads_the_generator_output(tiny: Path) -> None:
+    ds = CocoDetection.from_dir(tiny, "val")
+    assert find_split(tiny, "val") == (tiny / "annotations" / "instances_val.json", tiny / "images")
+    assert len(ds) == 3 and ds.categories == list(synth.CATEGORIES)
+    data = json.loads((tiny / "annotations" / "instances_val.json").read_text())
+    image, target = ds[2]
+    assert image.shape == (3, 64, 64)
+    expected = [a for a in data["annotations"] if a["image_id"] == 3]
+    assert target["labels"].tolist() == [a["category_id"] for a in expected]
+    xywh = torch.tensor([a["bbox"] for a in expected])
+    assert torch.allclose(target["boxes"], torch.cat([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], 1))
+
+
+def test_from_dir_reads_cocos_own_layout(tmp_path: Path) -> None:
+    path = _dataset(tmp_path / "src")
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    (tmp_path / "src" / "images").rename(tmp_path / "coco" / "val2017")
+    path.rename(tmp_path / "coco" / "annotations" / "instances_val2017.json")
+    ds = CocoDetection.from_dir(tmp_path / "coco", "val")
+    assert ds.images_dir == tmp_path / "coco" / "val2017" and len(ds) == 2
+    assert ds[0][0].shape == (3, 30, 40)
+    with pytest.raises(DatasetError, match=r"coco: no annotation file for split 'train'"):
+        CocoDetection.from_dir(tmp_path / "coco", "train")
+
+
+def _bad(key: str, index: int, **fields):
+    def edit(items: list) -> list:
+        items[index].update(fields)
+        return items
+
+    return {key: edit}
+
+
+@pytest.mark.parametrize(
+    ("edits", "expected"),
+    [
+        (_bad("images", 1, file_name="gone/z.png"), "image id 5: image file 'gone/z.png' not found"),
+        (_bad("annotations", 1, bbox=[1, 1, -3, 4]), "annotation id 12: negative box size: width -3"),
+        (
+            _bad("annotations", 0, bbox=[1, 1, 3, -0.5]),
+            "annotation id 11: negative box size: width 3, height -0.5",
+        ),
+        (_bad("annotations", 2, image_id=99), "annotation id 13: unknown image id 99"),
+        (_bad("annotations", 2, category_id=4), "annotation id 13: unknown category id 4"),
+        (_bad("annotations", 0, bbox=[1, 2, 3]), "annotation id 11: bbox must be 4 finite numbers"),
+        (_bad("annotations", 2, id=12), "annotation id 12: duplicate annotation id"),
+        (_bad("images", 0, id=5), "image id 5: duplicate image id"),
+        (_bad("images", 0, width=0), "image id 1000: width must be a positive integer"),
+        ({"categories": None}, "not a COCO annotation file (no 'categories' list)"),
+    ],
+)
+def test_bad_annotations_name_the_file_and_the_id(tmp_path: Path, edits: dict, expected: str) -> None:
+    path = _dataset(tmp_path, **edits)
+    with pytest.raises(DatasetError) as error:
+        CocoDetection(path, tmp_path / "images")
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and expected in message and "\n" not in message
+
+
+def test_malformed_json_names_the_file_and_the_line(tmp_path: Path) -> None:
+    path = _dataset(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[4] = lines[4].replace('"', "", 1)  # a key without its opening quote on line 5
+    path.write_text("\n".join(lines))
+    with pytest.raises(DatasetError) as error:
+        CocoDetection(path, tmp_path / "images")
+    assert str(error.value).startswith(f"{path}: malformed JSON: ") and "at line 5, column" in str(
+        error.value
+    )
+
+
+def test_missing_annotation_file(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match=r"nope\.json: cannot read annotation file"):
+        CocoDetection(tmp_path / "nope.json", tmp_path)
+
+
+def test_unreadable_image_fails_when_decoded_naming_file_and_id(tmp_path: Path) -> None:
+    path = _dataset(tmp_path)
+    (tmp_path / "images" / "y.png").write_bytes(b"not a png at all")
+    ds = CocoDetection(path, tmp_path / "images")  # existence is checked on load, content on read
+    ds[0]
+    with pytest.raises(DatasetError) as error:
+        ds[1]
+    message = str(error.value)
+    assert (
+        message.startswith(f"{tmp_path / 'images' / 'y.png'}: image id 5 ")
+        and "cannot decode image" in message
+    )
+    assert "\n" not in message
+
+
+def test_image_size_disagreeing_with_the_file_is_an_error(tmp_path: Path) -> None:
+    path = _dataset(tmp_path, images=lambda images: [{**images[0], "width": 41}, images[1]])
+    ds = CocoDetection(path, tmp_path / "images")
+    with pytest.raises(
+        DatasetError, match=r"x\.png: image id 1000 .*image is 40x30 but the annotation file says 41x30"
+    ):
+        ds[0]
+
+
+def test_zero_area_and_crowd_are_skipped_counted_and_logged_once(tmp_path: Path, caplog) -> None:
+    extra = [
+        {"id": 20, "image_id": 5, "category_id": 3, "bbox": [5, 5, 0, 7], "area": 0, "iscrowd": 0},
+        {"id": 21, "image_id": 5, "category_id": 3, "bbox": [5, 5, 8, 0], "iscrowd": 0},
+        {"id": 22, "image_id": 5, "category_id": 3, "bbox": [100, 100, 8, 8], "iscrowd": 0},  # outside
+        {"id": 23, "image_id": 1000, "category_id": 17, "bbox": [0, 0, 20, 20], "iscrowd": 1},
+    ]
+    path = _dataset(tmp_path, annotations=lambda anns: anns + extra)
+    with caplog.at_level(logging.INFO, logger="nas.data.coco"):
+        ds = CocoDetection(path, tmp_path / "images")
+    assert ds.skipped == {"crowd": 1, "zero_area": 3}
+    assert len(ds[0][1]["boxes"]) == 1 and len(ds[1][1]["boxes"]) == 2
+    records = [r for r in caplog.records if r.name == "nas.data.coco"]
+    assert len(records) == 1 and records[0].levelno == logging.WARNING
+    assert records[0].getMessage() == f"{path}: left out 1 crowd and 3 zero-area annotations of 7"
+    assert set(ds.coco.anns) == {11, 12, 13, 20, 21, 22, 23}  # COCOeval still sees the crowd region
+
+
+def test_each_image_is_decoded_once(tmp_path: Path) -> None:
+    path = _dataset(tmp_path)
+    ds = CocoDetection(path, tmp_path / "images")
+    first, _ = ds[0]
+    (tmp_path / "images" / "a" / "b" / "x.png").unlink()
+    for _ in range(3):
+        again, _ = ds[0]
+        assert torch.equal(again, first)
+    again[:] = 0  # items are copies: the cached image is untouched
+    assert torch.equal(ds[0][0], first) and ds.decodes == 1
+
+
+def test_the_cache_is_bounded_and_optional(tmp_path: Path) -> None:
+    path = _dataset(tmp_path)
+    ds = CocoDetection(path, tmp_path / "images", cache_bytes=3 * 40 * 30)  # room for image 0 only
+    ds.preload()
+    for _ in range(2):
+        ds[0], ds[1]
+    assert ds.decodes == 3
+    uncached = CocoDetection(path, tmp_path / "images", cache_bytes=0)
+    uncached[0]
+    (tmp_path / "images" / "a" / "b" / "x.png").unlink()
+    with pytest.raises(DatasetError, match=r"x\.png: image id 1000 .*image file not found"):
+        uncached[0]
+
+
+def test_collate_and_data_loader(tiny: Path) -> None:
+    ds = CocoDetection.from_dir(tiny, "train")
+    images, targets = next(iter(DataLoader(ds, batch_size=4, collate_fn=collate)))
+    assert isinstance(images, list) and len(images) == len(targets) == 4
+    assert all(image.shape == (3, 64, 64) for image in images)
+    assert [t["image_id"] for t in targets] == [1, 2, 3, 4]
+    assert all(t["boxes"].shape == (len(t["labels"]), 4) for t in targets)
+    assert not math.isnan(float(torch.cat([t["boxes"] for t in targets]).sum()))
