@@ -1,18 +1,34 @@
-"""A torchvision ResNet body with a neck on top: what torchvision's detectors call a backbone."""
+"""Backbones: torchvision ResNets cut after layer4, returning C3..C5; with a neck on top they
+are what torchvision's detectors call a backbone."""
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
 
+import torch
 import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.models.resnet import BasicBlock, ResNet
 
-RESNET_WIDTHS = {
-    "resnet18": (128, 256, 512),
-    "resnet34": (128, 256, 512),
-    "resnet50": (512, 1024, 2048),
+
+def resnet10(weights: None = None) -> ResNet:
+    """ResNet-10: BasicBlock x [1, 1, 1, 1], NAS-FPN's proxy backbone (no published weights)."""
+    return ResNet(BasicBlock, [1, 1, 1, 1])
+
+
+BACKBONES: dict[str, tuple[Callable[[], ResNet], tuple[int, int, int]]] = {
+    "resnet10": (resnet10, (128, 256, 512)),
+    "resnet18": (torchvision.models.resnet18, (128, 256, 512)),
+    "resnet34": (torchvision.models.resnet34, (128, 256, 512)),
+    "resnet50": (torchvision.models.resnet50, (512, 1024, 2048)),
 }
+
+
+class BackboneError(ValueError):
+    """An unknown backbone or a checkpoint that does not fit it; one line naming the file."""
 
 
 class BackboneWithNeck(nn.Module):
@@ -28,9 +44,50 @@ class BackboneWithNeck(nn.Module):
         return self.neck(self.body(images))
 
 
-def resnet_body(name: str = "resnet18") -> nn.Module:
-    """A randomly initialised torchvision ResNet returning C3..C5 (layer2..layer4)."""
-    if name not in RESNET_WIDTHS:
-        raise ValueError(f"unknown backbone {name!r} (known: {', '.join(RESNET_WIDTHS)})")
-    resnet = getattr(torchvision.models, name)(weights=None)
+def backbone_widths(name: str) -> tuple[int, int, int]:
+    """Widths of C3, C4, C5 for backbone ``name``."""
+    return _lookup(name)[1]
+
+
+def resnet_body(name: str = "resnet10", checkpoint: str | Path | None = None) -> nn.Module:
+    """A torchvision ResNet returning C3..C5 (layer2..layer4): random weights, or a checkpoint's.
+
+    The checkpoint is a ResNet state_dict (or a dict holding one under ``state_dict``/``model``);
+    nothing can be downloaded here, so there are no pretrained weights by name.
+    """
+    factory, _ = _lookup(name)
+    resnet = factory(weights=None)
+    if checkpoint is not None:
+        _load_checkpoint(resnet, Path(checkpoint))
     return IntermediateLayerGetter(resnet, {"layer2": "C3", "layer3": "C4", "layer4": "C5"})
+
+
+def _lookup(name: str) -> tuple[Callable[..., ResNet], tuple[int, int, int]]:
+    if name not in BACKBONES:
+        raise BackboneError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
+    return BACKBONES[name]
+
+
+def _load_checkpoint(resnet: ResNet, path: Path) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise BackboneError(f"{path}: backbone checkpoint not found") from None
+    except Exception as e:  # a corrupt or foreign file: say which, not a traceback
+        raise BackboneError(f"{path}: not a torch checkpoint ({type(e).__name__})") from None
+    if isinstance(state, dict):
+        state = state.get("state_dict", state.get("model", state))
+    if not isinstance(state, dict):
+        raise BackboneError(f"{path}: holds no state_dict")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    expected = {k for k in resnet.state_dict() if not k.startswith("fc.")}
+    missing = sorted(expected - state.keys())
+    if missing:
+        raise BackboneError(f"{path}: not a checkpoint of this backbone (missing {missing[0]}, ...)")
+    shapes = resnet.state_dict()
+    for key in expected:
+        if state[key].shape != shapes[key].shape:
+            raise BackboneError(
+                f"{path}: {key} has shape {tuple(state[key].shape)}, expected {tuple(shapes[key].shape)}"
+            )
+    resnet.load_state_dict(state, strict=False)

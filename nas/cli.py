@@ -10,11 +10,16 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from nas.genotype import GenotypeError
 
+if TYPE_CHECKING:
+    from nas.data.coco import CocoDetection
+    from nas.train import ProxySettings
+
 EXIT_USAGE = 2
+DEFAULT_DATA = Path("data/shapes")
 
 
 class UsageError(Exception):
@@ -67,11 +72,96 @@ def build_parser() -> argparse.ArgumentParser:
     necks_commands = necks.add_subparsers(dest="necks_command", required=True, parser_class=_Parser)
     listing = necks_commands.add_parser("list", help="name, paper, params and FLOPs of each fixed neck")
     _add_size_options(listing)
+    listing.set_defaults(handler=_necks_list)
     show = necks_commands.add_parser("show", help="a neck's node table, and its graph as a picture")
     show.add_argument("neck", help="a fixed neck's name or a genotype JSON file")
     show.add_argument("--png", type=Path, help="draw the graph into this PNG file")
     _add_size_options(show)
+    show.set_defaults(handler=_necks_show)
+
+    data = commands.add_parser("data", help="datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    synth = data_commands.add_parser("synth", help="write the embedded multi-scale dataset (COCO format)")
+    synth.add_argument("--out", type=Path, default=DEFAULT_DATA, help=f"folder (default {DEFAULT_DATA})")
+    synth.add_argument("--train", type=_positive, default=1024, help="training images (default 1024)")
+    synth.add_argument("--val", type=_positive, default=256, help="validation images (default 256)")
+    synth.add_argument("--size", type=_positive, default=128, help="image side in pixels (default 128)")
+    synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    synth.set_defaults(handler=_data_synth)
+
+    train = commands.add_parser("train", help="train one proxy detector with a neck; print COCO AP")
+    train.add_argument("--neck", required=True, help="a fixed neck's name or a genotype JSON file")
+    _add_data_options(train)
+    _add_proxy_options(train)
+    train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    train.add_argument("--out", type=Path, help="run folder (default runs/train/NECK-sSEED)")
+    train.set_defaults(handler=_train)
     return parser
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data (default: the embedded dataset, made if missing)")
+    group.add_argument(
+        "--data", type=Path, help="a COCO-layout folder (annotations/instances_{train,val}.json)"
+    )
+    group.add_argument("--train-json", type=Path, help="training annotations (with --val-json and --images)")
+    group.add_argument("--val-json", type=Path, help="validation annotations")
+    group.add_argument("--images", type=Path, help="folder the json files' file_name values are relative to")
+
+
+def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
+    from nas.backbone import BACKBONES
+    from nas.detector import DETECTORS
+    from nas.train import BUDGETS, ProxySettings
+
+    defaults = ProxySettings()
+    group = parser.add_argument_group("proxy detector")
+    group.add_argument("--detector", choices=DETECTORS, default=defaults.detector)
+    group.add_argument("--budget", choices=list(BUDGETS), default=defaults.budget)
+    group.add_argument("--backbone", choices=list(BACKBONES), default=defaults.backbone)
+    group.add_argument("--backbone-checkpoint", type=Path, help="ResNet weights (state_dict) to start from")
+    group.add_argument(
+        "--train-backbone",
+        action="store_true",
+        help="train the backbone in every trial (slower; default: frozen)",
+    )
+    group.add_argument("--image-size", type=_positive, default=defaults.image_size)
+    group.add_argument("--width", type=_positive, default=defaults.width, help="neck and head channels")
+    group.add_argument("--cache-dir", type=Path, default=Path("runs/cache"), help="pretrained backbones")
+
+
+def proxy_settings(args: argparse.Namespace) -> ProxySettings:
+    """The proxy settings the options ask for."""
+    from nas.train import ProxySettings
+
+    checkpoint = args.backbone_checkpoint
+    return ProxySettings(
+        detector=args.detector,
+        backbone=args.backbone,
+        backbone_checkpoint=str(checkpoint) if checkpoint is not None else None,
+        freeze_backbone=not args.train_backbone,
+        image_size=args.image_size,
+        width=args.width,
+        budget=args.budget,
+    )
+
+
+def load_datasets(args: argparse.Namespace) -> tuple[CocoDetection, CocoDetection]:
+    """The training and validation splits the data options name (the embedded set by default)."""
+    from nas.data.coco import CocoDetection
+    from nas.data.synth import synthesize
+
+    explicit = [args.train_json, args.val_json, args.images]
+    if any(x is not None for x in explicit):
+        if None in explicit or args.data is not None:
+            raise UsageError("give --train-json, --val-json and --images together, or --data alone")
+        return CocoDetection(args.train_json, args.images), CocoDetection(args.val_json, args.images)
+    root = args.data
+    if root is None:
+        root = synthesize(DEFAULT_DATA)
+    elif not root.is_dir():
+        raise UsageError(f"--data {root}: no such folder")
+    return CocoDetection.from_dir(root, "train"), CocoDetection.from_dir(root, "val")
 
 
 def _necks_list(args: argparse.Namespace) -> None:
@@ -122,14 +212,51 @@ def _print_table(rows: Sequence[Sequence[str]]) -> None:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handlers = {("necks", "list"): _necks_list, ("necks", "show"): _necks_show}
+def _data_synth(args: argparse.Namespace) -> None:
+    from nas.data.synth import synthesize
+
     try:
-        handlers[(args.command, args.necks_command)](args)
-    except (GenotypeError, UsageError) as e:
+        root = synthesize(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
+    except FileExistsError as e:
+        raise UsageError(f"--out {args.out}: {e}") from None
+    print(f"dataset in {root} (annotations/instances_train.json, annotations/instances_val.json)")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from nas.evaluate import METRICS
+    from nas.necks import resolve_neck
+    from nas.proxy_data import prepare_proxy_data
+    from nas.train import train_proxy
+
+    neck = resolve_neck(args.neck)  # first: a bad genotype fails before any data work
+    settings = proxy_settings(args)
+    train, val = load_datasets(args)
+    name = neck.genotype.name or Path(args.neck).stem
+    out = args.out or Path("runs") / "train" / f"{name}-s{args.seed}"
+    data = prepare_proxy_data(train, val, settings, args.cache_dir)
+    metrics = train_proxy(neck, data, settings, seed=args.seed, out_dir=out)
+    print(
+        f"{name}: {settings.detector}, {settings.backbone}{'' if args.train_backbone else ' (frozen)'}, "
+        f"budget {settings.budget}, seed {args.seed}, {metrics['seconds']:.0f} s"
+    )
+    print("  ".join(f"{m} {metrics[m] * 100:5.1f}" for m in METRICS))
+    print(f"wrote {out}/metrics.json, checkpoint.pt, tb/ (tensorboard --logdir {out})")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from nas.backbone import BackboneError
+    from nas.data.coco import DatasetError
+    from nas.train import TrainingError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except (GenotypeError, UsageError, DatasetError, BackboneError, TrainingError) as e:
         print(f"nasfpn: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("nasfpn: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -78,3 +78,65 @@ def test_unknown_neck_and_bad_options_are_one_line_exit_2(tmp_path: Path) -> Non
         nasfpn("necks", "show", "fpn", "--png", str(tmp_path / "no" / "x.png")), "does not exist"
     )
     _assert_one_line_error(nasfpn("frobnicate"), "invalid choice")
+
+
+def test_data_synth_then_train_quick(tmp_path: Path) -> None:
+    import torch
+
+    from nas.backbone import resnet_body
+
+    made = nasfpn(
+        "data", "synth", "--out", str(tmp_path / "d"), "--train", "8", "--val", "4", "--size", "128"
+    )
+    assert made.returncode == 0, made.stderr
+    assert (tmp_path / "d" / "annotations" / "instances_val.json").exists()
+    torch.save(resnet_body("resnet10").state_dict(), tmp_path / "r10.pt")
+    result = nasfpn(
+        "train",
+        "--neck",
+        "nasfpn",
+        "--data",
+        str(tmp_path / "d"),
+        "--budget",
+        "quick",
+        "--width",
+        "16",
+        "--backbone-checkpoint",
+        str(tmp_path / "r10.pt"),
+        "--out",
+        str(tmp_path / "run"),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "AP " in result.stdout and "APl" in result.stdout
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 0.0 <= saved["metrics"]["AP"] <= 1.0
+
+
+def test_train_bad_inputs_are_one_line_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "g.json").write_text('{"format_version": 1}')
+    _assert_one_line_error(nasfpn("train", "--neck", str(tmp_path / "g.json")), "g.json", "missing 'nodes'")
+    _assert_one_line_error(
+        nasfpn("train", "--neck", "fpn", "--data", str(tmp_path / "none")), "no such folder"
+    )
+    broken = tmp_path / "broken"
+    (broken / "annotations").mkdir(parents=True)
+    (broken / "annotations" / "instances_train.json").write_text('{"images": [')
+    (broken / "annotations" / "instances_val.json").write_text("{}")
+    _assert_one_line_error(nasfpn("train", "--neck", "fpn", "--data", str(broken)), "instances_train.json")
+    _assert_one_line_error(
+        nasfpn("train", "--neck", "fpn", "--train-json", "a.json"),
+        "--train-json, --val-json and --images together",
+    )
+    _assert_one_line_error(
+        nasfpn(
+            "train",
+            "--neck",
+            "fpn",
+            "--backbone-checkpoint",
+            str(tmp_path / "nope.pt"),
+            "--data",
+            str(broken),
+        ),
+        "instances_train.json",
+    )
+    _assert_one_line_error(nasfpn("train", "--neck", "fpn", "--detector", "yolo"), "invalid choice")

@@ -1,0 +1,147 @@
+"""Proxy detectors: torchvision's RetinaNet or Faster R-CNN around any neck.
+
+The detector is fed either normalised images or precomputed C3..C5 -- the latter when the
+backbone is frozen and its features are cached, so a trial trains only the neck and the heads.
+Images are square, ``image_size`` pixels (datasets letterbox them), so no resizing happens here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import MultiScaleRoIAlign
+
+from nas.backbone import BackboneWithNeck
+
+DETECTORS = ("retinanet", "fasterrcnn")
+STRIDES = (8, 16, 32, 64, 128)  # P3..P7
+# torchvision's detectors are tuned for 800-px images: RetinaNet's anchors are 4 x stride
+# (32..512 px) and Faster R-CNN's RoI level mapping puts a 224-px box on P4. Both scale with
+# the proxy's image size, so a proxy sees objects at the same relative scale.
+REFERENCE_IMAGE_SIZE = 800
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def anchor_sizes(image_size: int, scales_per_octave: int = 3) -> tuple[tuple[float, ...], ...]:
+    """Per level P3..P7, anchor sides 4 x stride x (image_size / 800) x 2^(k / scales_per_octave)."""
+    scale = image_size / REFERENCE_IMAGE_SIZE
+    return tuple(
+        tuple(4 * stride * scale * 2 ** (k / scales_per_octave) for k in range(scales_per_octave))
+        for stride in STRIDES
+    )
+
+
+class ProxyDetector(nn.Module):
+    """A torchvision detector on a neck, trained and evaluated on square images.
+
+    Args:
+        kind: ``retinanet`` (one stage, focal loss) or ``fasterrcnn`` (RPN + RoI heads).
+        body: backbone returning C3..C5; ``nn.Identity()`` when features are fed directly.
+        neck: C3..C5 -> OrderedDict P3..P7, with ``out_channels``.
+        num_classes: object classes, labelled 1..num_classes (0 is background).
+        image_size: side of the square input images.
+        head_convs: 3x3 convs per RetinaNet head branch (torchvision: 4); fewer is cheaper.
+
+    ``forward(inputs, targets)``: inputs are images (N, 3, S, S) in [0, 1] or the list
+    [C3, C4, C5]; targets (training) are dicts with ``boxes`` (K, 4) xyxy and ``labels`` (K,).
+    Returns the loss dict when training, else per image ``boxes``, ``scores``, ``labels``.
+    """
+
+    def __init__(
+        self,
+        kind: str,
+        body: nn.Module,
+        neck: nn.Module,
+        num_classes: int,
+        image_size: int,
+        head_convs: int = 2,
+    ) -> None:
+        super().__init__()
+        if kind not in DETECTORS:
+            raise ValueError(f"unknown detector {kind!r} (known: {', '.join(DETECTORS)})")
+        self.kind = kind
+        self.image_size = image_size
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        backbone = BackboneWithNeck(body, neck)
+        common = dict(min_size=image_size, max_size=image_size)
+        if kind == "retinanet":
+            sizes = anchor_sizes(image_size)
+            anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+            self.detector: nn.Module = RetinaNet(
+                backbone, num_classes + 1, anchor_generator=anchors, detections_per_img=100, **common
+            )
+            for branch in (self.detector.head.classification_head, self.detector.head.regression_head):
+                branch.conv = branch.conv[:head_convs]
+        else:
+            sizes = tuple((s[0],) for s in anchor_sizes(image_size, 1))
+            anchors = AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+            roi_pool = MultiScaleRoIAlign(
+                ["P3", "P4", "P5", "P6"],
+                output_size=7,
+                sampling_ratio=2,
+                canonical_scale=max(1, round(224 * image_size / REFERENCE_IMAGE_SIZE)),
+            )
+            width = neck.out_channels
+            self.detector = FasterRCNN(
+                backbone,
+                rpn_anchor_generator=anchors,
+                box_roi_pool=roi_pool,
+                box_head=TwoMLPHead(width * 7 * 7, 256),
+                box_predictor=FastRCNNPredictor(256, num_classes + 1),
+                rpn_pre_nms_top_n_train=600,
+                rpn_post_nms_top_n_train=300,
+                rpn_pre_nms_top_n_test=300,
+                rpn_post_nms_top_n_test=150,
+                box_batch_size_per_image=128,
+                **common,
+            )
+
+    @property
+    def body(self) -> nn.Module:
+        return self.detector.backbone.body
+
+    @property
+    def neck(self) -> nn.Module:
+        return self.detector.backbone.neck
+
+    def backbone_features(self, images: Tensor) -> list[Tensor]:
+        """C3..C5 of images (N, 3, S, S) in [0, 1]."""
+        return list(self.body((images - self.mean) / self.std).values())
+
+    def forward(
+        self, inputs: Tensor | Sequence[Tensor], targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        c = self.backbone_features(inputs) if isinstance(inputs, Tensor) else list(inputs)
+        features = self.neck(c)
+        n, size = c[0].shape[0], self.image_size
+        # Only the sizes of the image list matter past the backbone.
+        images = ImageList(c[0].new_empty((n, 0, size, size)), [(size, size)] * n)
+        if self.kind == "fasterrcnn":
+            proposals, rpn_losses = self.detector.rpn(images, features, targets)
+            detections, box_losses = self.detector.roi_heads(features, proposals, images.image_sizes, targets)
+            return {**rpn_losses, **box_losses} if self.training else detections
+        return self._retinanet(images, list(features.values()), targets)
+
+    def _retinanet(
+        self, images: ImageList, features: list[Tensor], targets: list[dict[str, Tensor]] | None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        model = self.detector
+        head_outputs = model.head(features)
+        anchors = model.anchor_generator(images, features)
+        if self.training:
+            return model.compute_loss(targets, head_outputs, anchors)
+        # Split the flat per-anchor outputs back into levels, as RetinaNet.forward does.
+        per_level = [x.shape[2] * x.shape[3] for x in features]
+        per_anchor = head_outputs["cls_logits"].shape[1] // sum(per_level)
+        per_level = [hw * per_anchor for hw in per_level]
+        split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+        split_anchors = [list(a.split(per_level)) for a in anchors]
+        return model.postprocess_detections(split_outputs, split_anchors, images.image_sizes)

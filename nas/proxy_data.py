@@ -1,0 +1,142 @@
+"""The data of a proxy trial, prepared once and shared by every trial on a machine.
+
+Both splits are decoded and letterboxed once (``nas.data.letterbox``). The backbone is
+trained once per dataset -- end to end, inside the proxy detector with an FPN neck, for
+``PRETRAIN_BUDGET`` -- and cached on disk, keyed by the dataset and the settings that shape it.
+With ``freeze_backbone`` its C3..C5 for every image are then computed once, kept in float16,
+and a trial's step runs only the neck and the heads. A user's backbone checkpoint replaces the
+pretraining.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from nas.backbone import resnet_body
+from nas.data.coco import CocoDetection
+from nas.data.letterbox import ProxySplit, letterbox_split
+
+if TYPE_CHECKING:
+    from nas.train import ProxySettings
+
+logger = logging.getLogger(__name__)
+
+PRETRAIN_STEPS = 800
+PRETRAIN_VERSION = 2  # bump when pretraining changes, so stale cached backbones are not reused
+
+
+@dataclass
+class ProxyData:
+    """Letterboxed splits, the backbone's weights and, when frozen, its cached C3..C5."""
+
+    train: ProxySplit
+    val: ProxySplit
+    num_classes: int
+    body_state: dict[str, Tensor]
+    features: dict[str, list[Tensor]] | None = None  # split -> [C3, C4, C5], float16
+
+    def inputs(self, split: str, index: Tensor) -> Tensor | list[Tensor]:
+        """The detector's inputs for images ``index``: cached C3..C5, or images in [0, 1]."""
+        if self.features is not None:
+            return [c[index].float() for c in self.features[split]]
+        return getattr(self, split).images[index].float().div_(255)
+
+
+def prepare_proxy_data(
+    train: CocoDetection,
+    val: CocoDetection,
+    settings: ProxySettings,
+    cache_dir: str | Path = "runs/cache",
+    progress: bool = True,
+) -> ProxyData:
+    """Letterboxes both splits, gets the backbone (checkpoint, cache or pretraining), and with
+    ``settings.freeze_backbone`` computes its features."""
+    if val.category_ids != train.category_ids:
+        raise ValueError(f"{val.annotation_file}: categories differ from {train.annotation_file}'s")
+    data = ProxyData(
+        letterbox_split(train, settings.image_size),
+        letterbox_split(val, settings.image_size),
+        train.num_categories,
+        body_state={},
+    )
+    if settings.backbone_checkpoint is not None:
+        body = resnet_body(settings.backbone, settings.backbone_checkpoint)
+    else:
+        body = resnet_body(settings.backbone)
+        body.load_state_dict(_pretrained_body(data, train, settings, Path(cache_dir), progress))
+    data.body_state = body.state_dict()
+    if settings.freeze_backbone:
+        data.features = {"train": _features(body, data.train), "val": _features(body, data.val)}
+    return data
+
+
+@torch.no_grad()
+def _features(body: torch.nn.Module, split: ProxySplit, batch_size: int = 64) -> list[Tensor]:
+    from nas.detector import IMAGENET_MEAN, IMAGENET_STD
+
+    body.eval()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    chunks: list[list[Tensor]] = [[], [], []]
+    for start in range(0, len(split), batch_size):
+        images = split.images[start : start + batch_size].float().div_(255)
+        for level, c in enumerate(body((images - mean) / std).values()):
+            chunks[level].append(c.half())
+    return [torch.cat(level) for level in chunks]
+
+
+def _pretrained_body(
+    data: ProxyData, train: CocoDetection, settings: ProxySettings, cache_dir: Path, progress: bool
+) -> dict[str, Tensor]:
+    path = cache_dir / f"backbone-{_pretrain_key(train, settings)}.pt"
+    if path.exists():
+        return torch.load(path, map_location="cpu", weights_only=True)
+    from fixed_necks import FIXED_NECKS
+    from nas.necks import NeckSpec
+    from nas.train import Budget, build_proxy_model, fit
+
+    logger.info(
+        "pretraining %s on %s for %d steps (once per dataset)",
+        settings.backbone,
+        train.annotation_file,
+        PRETRAIN_STEPS,
+    )
+    fpn = FIXED_NECKS["fpn"]
+    pretrain = replace(settings, freeze_backbone=False)
+    data.body_state = resnet_body(settings.backbone).state_dict()
+    model = build_proxy_model(NeckSpec(fpn.genotype, fpn.repeats, fpn.norm), data, pretrain)
+    fit(
+        model,
+        data,
+        pretrain,
+        Budget(PRETRAIN_STEPS, evaluations=1),
+        seed=0,
+        progress=progress,
+        desc="backbone",
+    )
+    state = model.body.state_dict()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    torch.save(state, partial)
+    partial.replace(path)  # atomic: a crash never leaves a half-written backbone under the real name
+    return state
+
+
+def _pretrain_key(train: CocoDetection, settings: ProxySettings) -> str:
+    digest = hashlib.sha256(Path(train.annotation_file).read_bytes())
+    fields = (
+        settings.detector,
+        settings.backbone,
+        settings.image_size,
+        settings.width,
+        PRETRAIN_STEPS,
+        PRETRAIN_VERSION,
+    )
+    digest.update(repr(fields).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,240 @@
+"""One proxy trial: train a detector with a given neck for a small budget, score it by COCO AP.
+
+``train_proxy`` is the unit of work of every search trial and of ``nasfpn train``; it calls
+``report(step, metrics)`` after each evaluation (for early stopping) and returns the final
+metrics. With ``freeze_backbone`` (the default) the backbone's C3..C5 are computed once per
+dataset (``nas.proxy_data``) and a step trains only the neck and the heads.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from nas.backbone import backbone_widths, resnet_body
+from nas.detector import ProxyDetector
+from nas.evaluate import coco_ap
+from nas.necks import NeckSpec
+from nas.proxy_data import ProxyData
+
+Report = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Optimiser steps, evaluations spread evenly over them (the last at the end), batch size."""
+
+    steps: int
+    evaluations: int
+    batch_size: int = 16
+
+
+BUDGETS = {
+    "quick": Budget(steps=30, evaluations=1, batch_size=8),
+    "default": Budget(steps=500, evaluations=2),
+    "full": Budget(steps=2000, evaluations=4),
+}
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """How a proxy trial trains: everything but the neck, the data and the seed."""
+
+    detector: str = "retinanet"
+    backbone: str = "resnet10"
+    backbone_checkpoint: str | None = None
+    freeze_backbone: bool = True
+    image_size: int = 128
+    width: int = 64
+    head_convs: int = 2
+    budget: str = "default"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+
+
+class TrainingError(RuntimeError):
+    """A trial that cannot go on (a NaN loss); the message says at which step."""
+
+
+def train_proxy(
+    neck: NeckSpec,
+    data: ProxyData,
+    settings: ProxySettings,
+    seed: int = 0,
+    out_dir: str | Path | None = None,
+    report: Report | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Trains ``neck`` in the proxy detector; returns AP, AP50, AP75, APs, APm, APl and timings.
+
+    With ``out_dir``: writes ``metrics.json``, ``checkpoint.pt`` (a state_dict) and TensorBoard
+    scalars under ``tb/``.
+    """
+    budget = BUDGETS[settings.budget]
+    torch.manual_seed(seed)
+    model = build_proxy_model(neck, data, settings)
+    writer = _writer(out_dir)
+    start = time.perf_counter()
+    metrics = fit(model, data, settings, budget, seed, report, writer, progress, neck.genotype.name)
+    result = {
+        **metrics,
+        "steps": budget.steps,
+        "seconds": round(time.perf_counter() - start, 2),
+        "seed": seed,
+    }
+    if out_dir is not None:
+        _save(Path(out_dir), model, neck, settings, result)
+        writer.close()
+    return result
+
+
+def fit(
+    model: ProxyDetector,
+    data: ProxyData,
+    settings: ProxySettings,
+    budget: Budget,
+    seed: int = 0,
+    report: Report | None = None,
+    writer: Any = None,
+    progress: bool = True,
+    desc: str = "",
+) -> dict[str, float]:
+    """The training loop: AdamW with warm-up and cosine decay; returns the last evaluation.
+
+    AdamW, not the SGD of long detection schedules: in a few hundred steps from scratch SGD
+    left RetinaNet's focal loss on its plateau (AP 0.015 after 300 steps on 32 images, where
+    AdamW reached 0.42 on 64).
+    """
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _warmup_cosine(budget.steps, settings.warmup_steps)
+    )
+    eval_steps = {round(budget.steps * (k + 1) / budget.evaluations) for k in range(budget.evaluations)}
+    batches = _batches(len(data.train), budget.batch_size, seed)
+    metrics: dict[str, float] = {}
+    bar = tqdm(total=budget.steps, desc=desc or "train", disable=not progress, leave=False)
+    model.train()
+    for step in range(1, budget.steps + 1):
+        index = next(batches)
+        losses = model(data.inputs("train", index), [data.train.targets[i] for i in index.tolist()])
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at step {step} of {budget.steps}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 10.0)
+        optimizer.step()
+        scheduler.step()
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if writer is not None:
+            writer.add_scalar("train/loss", loss.item(), step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+        if step in eval_steps:
+            metrics = evaluate(model, data)
+            bar.set_postfix(loss=f"{loss.item():.3f}", AP=f"{metrics['AP']:.3f}")
+            if writer is not None:
+                for name, value in metrics.items():
+                    writer.add_scalar(f"val/{name}", value, step)
+            if report is not None:
+                report(step, metrics)
+    bar.close()
+    return metrics
+
+
+def build_proxy_model(neck: NeckSpec, data: ProxyData, settings: ProxySettings) -> ProxyDetector:
+    """The proxy detector for ``neck``: a frozen-and-cached backbone is left out (identity)."""
+    if settings.freeze_backbone:
+        body: nn.Module = nn.Identity()
+    else:
+        body = resnet_body(settings.backbone)
+        body.load_state_dict(data.body_state)
+    neck_module = neck.build(backbone_widths(settings.backbone), settings.width)
+    return ProxyDetector(
+        settings.detector, body, neck_module, data.num_classes, settings.image_size, settings.head_convs
+    )
+
+
+@torch.no_grad()
+def evaluate(model: ProxyDetector, data: ProxyData, batch_size: int = 32) -> dict[str, float]:
+    """COCO AP of ``model`` on the validation split, boxes mapped back to original pixels."""
+    was_training = model.training
+    model.eval()
+    split, results = data.val, []
+    for start in range(0, len(split), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(split)))
+        for i, detections in zip(index.tolist(), model(data.inputs("val", index))):
+            results.extend(
+                _coco_results(detections, split.scales[i].item(), split.image_ids[i], split.category_ids)
+            )
+    model.train(was_training)
+    return coco_ap(split.coco, results, split.image_ids)
+
+
+def load_checkpoint(
+    path: str | Path, neck: NeckSpec, data: ProxyData, settings: ProxySettings
+) -> ProxyDetector:
+    """A proxy model with the weights ``train_proxy`` saved."""
+    model = build_proxy_model(neck, data, settings)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model
+
+
+def _coco_results(
+    detections: dict[str, Tensor], scale: float, image_id: int, category_ids: list[int]
+) -> list[dict]:
+    boxes = detections["boxes"] / scale
+    xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+    return [
+        {"image_id": image_id, "category_id": category_ids[label - 1], "bbox": box, "score": score}
+        for box, score, label in zip(xywh, detections["scores"].tolist(), detections["labels"].tolist())
+    ]
+
+
+def _batches(n: int, batch_size: int, seed: int):
+    """Endless shuffled batches of indices; one seeded permutation per epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    batch_size = min(batch_size, n)
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for start in range(0, n - batch_size + 1, batch_size):
+            yield order[start : start + batch_size]
+
+
+def _warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
+    warmup = min(warmup, max(1, steps // 5))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    return factor
+
+
+def _writer(out_dir: str | Path | None):
+    if out_dir is None:
+        return None
+    from tensorboardX import SummaryWriter
+
+    return SummaryWriter(str(Path(out_dir) / "tb"))
+
+
+def _save(out: Path, model: nn.Module, neck: NeckSpec, settings: ProxySettings, result: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "checkpoint.pt")
+    neck.genotype.save(out / "genotype.json")
+    record = {"metrics": result, "settings": asdict(settings), "repeats": neck.repeats, "norm": neck.norm}
+    (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
