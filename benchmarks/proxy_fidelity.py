@@ -18,20 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 from scipy.stats import kendalltau
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from nas.data.coco import CocoDetection
+from nas.data.synth import synthesize
+from nas.genotype import Genotype, Node
+from nas.necks import NeckSpec, resolve_neck
+from nas.proxy_data import prepare_proxy_data
+from nas.train import BUDGETS, ProxySettings, train_proxy
 
-from nas.data.coco import CocoDetection  # noqa: E402
-from nas.data.synth import synthesize  # noqa: E402
-from nas.genotype import Genotype, Node  # noqa: E402
-from nas.necks import NeckSpec, resolve_neck  # noqa: E402
-from nas.proxy_data import prepare_proxy_data  # noqa: E402
-from nas.train import BUDGETS, ProxySettings, train_proxy  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 NECKS = ("fpn", "panet", "bifpn", "nasfpn", "degenerate")
 

@@ -21,37 +21,37 @@ from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from nas.backbone import backbone_widths, resnet_body  # noqa: E402
-from nas.data.coco import CocoDetection  # noqa: E402
-from nas.data.synth import synthesize  # noqa: E402
-from nas.detector import anchor_sizes  # noqa: E402
-from nas.evaluate import coco_ap  # noqa: E402
-from nas.necks import resolve_neck  # noqa: E402
-from nas.proxy_data import ProxyData, prepare_proxy_data  # noqa: E402
-from nas.train import (  # noqa: E402
+from nas.backbone import backbone_widths, resnet_body
+from nas.data.coco import CocoDetection
+from nas.data.synth import synthesize
+from nas.detector import anchor_sizes
+from nas.evaluate import coco_ap
+from nas.necks import resolve_neck
+from nas.proxy_data import ProxyData, prepare_proxy_data
+from nas.train import (
     BUDGETS,
     ProxySettings,
-    _batches,
-    _coco_results,
-    _warmup_cosine,
     build_proxy_model,
+    coco_results,
+    shuffled_batches,
     train_proxy,
+    warmup_cosine,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class StockFPN(nn.Module):
@@ -82,8 +82,8 @@ def stock_steps(model: RetinaNet, data: ProxyData, settings: ProxySettings, step
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(steps, settings.warmup_steps))
-    batches = _batches(len(data.train), BUDGETS[settings.budget].batch_size, seed)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, settings.warmup_steps))
+    batches = shuffled_batches(len(data.train), BUDGETS[settings.budget].batch_size, seed)
     model.train()
     start = time.perf_counter()
     for _ in range(steps):
@@ -106,7 +106,7 @@ def stock_ap(model: RetinaNet, data: ProxyData) -> float:
     for start in range(0, len(split), 32):
         index = list(range(start, min(start + 32, len(split))))
         for i, det in zip(index, model([split.images[i].float().div(255) for i in index])):
-            results.extend(_coco_results(det, split.scales[i].item(), split.image_ids[i], split.category_ids))
+            results.extend(coco_results(det, split.scales[i].item(), split.image_ids[i], split.category_ids))
     return coco_ap(split.coco, results, split.image_ids)["AP"]
 
 
@@ -119,6 +119,47 @@ def proxy_steps(data: ProxyData, settings: ProxySettings, steps: int, seed: int)
     start = time.perf_counter()
     fit(model, data, settings, budget, seed, progress=False)
     return (time.perf_counter() - start) / steps  # includes one evaluation, so it is conservative
+
+
+def step_breakdown(data: ProxyData, settings: ProxySettings, steps: int) -> dict[str, float]:
+    """Milliseconds per step spent in each part of an end-to-end step (backbone trained, as the
+    stock loop does): data, backbone, neck, head, loss with anchor matching, backward, update."""
+    model = build_proxy_model(resolve_neck("fpn"), data, replace(settings, freeze_backbone=False))
+    detector = model.detector
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=settings.lr)
+    batches = shuffled_batches(len(data.train), BUDGETS[settings.budget].batch_size, 0)
+    parts = dict.fromkeys(("data", "backbone", "neck", "head", "loss + matching", "backward", "update"), 0.0)
+    model.train()
+    for _ in range(steps):
+        clock = time.perf_counter()
+
+        def lap(part: str) -> None:
+            nonlocal clock
+            now = time.perf_counter()
+            parts[part] += now - clock
+            clock = now
+
+        index = next(batches)
+        images = data.train.images[index].float().div_(255)
+        targets = [data.train.targets[i] for i in index.tolist()]
+        lap("data")
+        c = model.backbone_features(images)
+        lap("backbone")
+        features = list(model.neck(c).values())
+        lap("neck")
+        head_outputs = detector.head(features)
+        lap("head")
+        image_list = ImageList(images, [(settings.image_size, settings.image_size)] * len(index))
+        anchors = detector.anchor_generator(image_list, features)
+        loss = sum(detector.compute_loss(targets, head_outputs, anchors).values())
+        lap("loss + matching")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        lap("backward")
+        optimizer.step()
+        lap("update")
+    return {part: seconds * 1000 / steps for part, seconds in parts.items()}
 
 
 def main() -> None:
@@ -154,6 +195,8 @@ def main() -> None:
         stock_steps(stock_model, data, settings, budget.steps, seed=0)
         stock_full_ap = stock_ap(stock_model, data)
 
+    breakdown = step_breakdown(data, settings, min(n, 30))
+
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; data {root}")
     print(
         "data preparation (once per machine: letterbox, backbone from cache or pretraining, "
@@ -174,6 +217,15 @@ def main() -> None:
         f"| AP after {budget.steps} steps: proxy / stock | {trial['AP'] * 100:.1f} / "
         f"{stock_full_ap * 100:.1f} | proxy >= stock |"
     )
+    print()
+    total = sum(breakdown.values())
+    print("Where an end-to-end step's time goes (ms per step; the proxy keeps only neck, head, loss, their")
+    print("backward and the update -- the backbone's forward and backward are gone with the frozen cache):")
+    print()
+    print("| part | ms | share |")
+    print("|---|---|---|")
+    for part, ms in breakdown.items():
+        print(f"| {part} | {ms:.1f} | {ms / total * 100:.0f}% |")
 
 
 if __name__ == "__main__":

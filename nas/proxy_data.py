@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PRETRAIN_STEPS = 800
-PRETRAIN_VERSION = 2  # bump when pretraining changes, so stale cached backbones are not reused
+PRETRAIN_VERSION = 3  # bump when pretraining changes, so stale cached backbones are not reused
 
 
 @dataclass

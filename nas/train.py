@@ -119,10 +119,10 @@ def fit(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _warmup_cosine(budget.steps, settings.warmup_steps)
+        optimizer, warmup_cosine(budget.steps, settings.warmup_steps)
     )
     eval_steps = {round(budget.steps * (k + 1) / budget.evaluations) for k in range(budget.evaluations)}
-    batches = _batches(len(data.train), budget.batch_size, seed)
+    batches = shuffled_batches(len(data.train), budget.batch_size, seed)
     metrics: dict[str, float] = {}
     bar = tqdm(total=budget.steps, desc=desc or "train", disable=not progress, leave=False)
     model.train()
@@ -177,7 +177,7 @@ def evaluate(model: ProxyDetector, data: ProxyData, batch_size: int = 32) -> dic
         index = torch.arange(start, min(start + batch_size, len(split)))
         for i, detections in zip(index.tolist(), model(data.inputs("val", index))):
             results.extend(
-                _coco_results(detections, split.scales[i].item(), split.image_ids[i], split.category_ids)
+                coco_results(detections, split.scales[i].item(), split.image_ids[i], split.category_ids)
             )
     model.train(was_training)
     return coco_ap(split.coco, results, split.image_ids)
@@ -192,7 +192,7 @@ def load_checkpoint(
     return model
 
 
-def _coco_results(
+def coco_results(
     detections: dict[str, Tensor], scale: float, image_id: int, category_ids: list[int]
 ) -> list[dict]:
     boxes = detections["boxes"] / scale
@@ -203,7 +203,7 @@ def _coco_results(
     ]
 
 
-def _batches(n: int, batch_size: int, seed: int):
+def shuffled_batches(n: int, batch_size: int, seed: int):
     """Endless shuffled batches of indices; one seeded permutation per epoch."""
     generator = torch.Generator().manual_seed(seed)
     batch_size = min(batch_size, n)
@@ -213,7 +213,7 @@ def _batches(n: int, batch_size: int, seed: int):
             yield order[start : start + batch_size]
 
 
-def _warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
+def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
     warmup = min(warmup, max(1, steps // 5))
 
     def factor(step: int) -> float:
