@@ -17,7 +17,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops import MultiScaleRoIAlign, box_iou
 
 from nas.backbone import BackboneWithNeck
 
@@ -81,6 +81,7 @@ class ProxyDetector(nn.Module):
             raise ValueError(f"unknown detector {kind!r} (known: {', '.join(DETECTORS)})")
         self.kind = kind
         self.image_size = image_size
+        self._match_cache: dict[int, Tensor] = {}
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         backbone = BackboneWithNeck(body, neck)
@@ -131,6 +132,28 @@ class ProxyDetector(nn.Module):
                 **common,
             )
 
+    def _matches(self, targets: list[dict[str, Tensor]], anchors: list[Tensor]) -> list[Tensor]:
+        """Per image, the box each anchor is matched to (-1 background, -2 ignored).
+
+        The anchors are the same for every image of the proxy's fixed size, so an image's
+        matches never change: they are computed once per model and kept by ``image_id`` (the
+        training targets carry it; a model trains on one split). Targets without one are
+        matched afresh.
+        """
+        matches = []
+        for target, image_anchors in zip(targets, anchors):
+            key = target.get("image_id")
+            matched = self._match_cache.get(key) if key is not None else None
+            if matched is None:
+                if target["boxes"].numel() == 0:
+                    matched = torch.full((image_anchors.shape[0],), -1, dtype=torch.int64)
+                else:
+                    matched = self.detector.proposal_matcher(box_iou(target["boxes"], image_anchors))
+                if key is not None:
+                    self._match_cache[int(key)] = matched
+            matches.append(matched)
+        return matches
+
     @property
     def body(self) -> nn.Module:
         return self.detector.backbone.body
@@ -164,7 +187,7 @@ class ProxyDetector(nn.Module):
         head_outputs = model.head(features)
         anchors = model.anchor_generator(images, features)
         if self.training:
-            return model.compute_loss(targets, head_outputs, anchors)
+            return model.head.compute_loss(targets, head_outputs, anchors, self._matches(targets, anchors))
         # Split the flat per-anchor outputs back into levels, as RetinaNet.forward does.
         per_level = [x.shape[2] * x.shape[3] for x in features]
         per_anchor = head_outputs["cls_logits"].shape[1] // sum(per_level)

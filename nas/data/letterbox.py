@@ -27,7 +27,8 @@ class ProxySplit:
 
     Attributes:
         images: uint8 (N, 3, S, S).
-        targets: per image ``boxes`` float32 (K, 4) xyxy in letterboxed pixels, ``labels`` (K,).
+        targets: per image ``boxes`` float32 (K, 4) xyxy in letterboxed pixels, ``labels`` (K,),
+            ``image_id``.
         scales: float32 (N,), letterboxed pixels per original pixel.
         image_ids: COCO image ids, in order.
         coco: the pycocotools index of the split (ground truth for COCOeval).
@@ -71,7 +72,9 @@ def letterbox_split(dataset: CocoDetection, image_size: int) -> ProxySplit:
         boxes = target["boxes"] * scale
         keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIDE) & ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIDE)
         dropped += int((~keep).sum())
-        targets.append({"boxes": boxes[keep], "labels": target["labels"][keep]})
+        targets.append(
+            {"boxes": boxes[keep], "labels": target["labels"][keep], "image_id": target["image_id"]}
+        )
     return ProxySplit(
         images, targets, scales, list(dataset.ids), dataset.coco, list(dataset.category_ids), dropped
     )
