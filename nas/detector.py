@@ -146,7 +146,9 @@ class ProxyDetector(nn.Module):
             matched = self._match_cache.get(key) if key is not None else None
             if matched is None:
                 if target["boxes"].numel() == 0:
-                    matched = torch.full((image_anchors.shape[0],), -1, dtype=torch.int64)
+                    matched = torch.full(
+                        (image_anchors.shape[0],), -1, dtype=torch.int64, device=image_anchors.device
+                    )
                 else:
                     matched = self.detector.proposal_matcher(box_iou(target["boxes"], image_anchors))
                 if key is not None:

@@ -22,6 +22,7 @@ from torch import Tensor
 from nas.backbone import resnet_body
 from nas.data.coco import CocoDetection
 from nas.data.letterbox import ProxySplit, letterbox_split
+from nas.device import default_device
 
 if TYPE_CHECKING:
     from nas.train import ProxySettings
@@ -42,11 +43,18 @@ class ProxyData:
     body_state: dict[str, Tensor]
     features: dict[str, list[Tensor]] | None = None  # split -> [C3, C4, C5], float16
 
-    def inputs(self, split: str, index: Tensor) -> Tensor | list[Tensor]:
+    def inputs(self, split: str, index: Tensor, device: torch.device | None = None) -> Tensor | list[Tensor]:
         """The detector's inputs for images ``index``: cached C3..C5, or images in [0, 1]."""
         if self.features is not None:
-            return [c[index].float() for c in self.features[split]]
-        return getattr(self, split).images[index].float().div_(255)
+            return [c[index].to(device).float() for c in self.features[split]]
+        return getattr(self, split).images[index].to(device).float().div_(255)
+
+    def targets(self, index: Tensor, device: torch.device | None = None) -> list[dict[str, Tensor]]:
+        """The training targets of images ``index``."""
+        return [
+            {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.train.targets[i].items()}
+            for i in index.tolist()
+        ]
 
 
 def prepare_proxy_data(
@@ -71,7 +79,7 @@ def prepare_proxy_data(
     else:
         body = resnet_body(settings.backbone)
         body.load_state_dict(_pretrained_body(data, train, settings, Path(cache_dir), progress))
-    data.body_state = body.state_dict()
+    data.body_state = {k: v.cpu() for k, v in body.state_dict().items()}
     if settings.freeze_backbone:
         data.features = {"train": _features(body, data.train), "val": _features(body, data.val)}
     return data
@@ -81,13 +89,15 @@ def prepare_proxy_data(
 def _features(body: torch.nn.Module, split: ProxySplit, batch_size: int = 64) -> list[Tensor]:
     from nas.detector import IMAGENET_MEAN, IMAGENET_STD
 
-    body.eval()
-    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    device = default_device()
+    body.eval().to(device)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     chunks: list[list[Tensor]] = [[], [], []]
     for start in range(0, len(split), batch_size):
-        images = split.images[start : start + batch_size].float().div_(255)
+        images = split.images[start : start + batch_size].to(device).float().div_(255)
         for level, c in enumerate(body((images - mean) / std).values()):
-            chunks[level].append(c.half())
+            chunks[level].append(c.half().cpu())  # kept in host memory, moved per batch
     return [torch.cat(level) for level in chunks]
 
 
@@ -120,7 +130,7 @@ def _pretrained_body(
         progress=progress,
         desc="backbone",
     )
-    state = model.body.state_dict()
+    state = {k: v.cpu() for k, v in model.body.state_dict().items()}
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save(state, partial)

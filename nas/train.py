@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from nas.backbone import backbone_widths, resnet_body
 from nas.detector import ProxyDetector
+from nas.device import default_device
 from nas.evaluate import coco_ap
 from nas.necks import NeckSpec
 from nas.proxy_data import ProxyData
@@ -125,10 +126,11 @@ def fit(
     batches = shuffled_batches(len(data.train), budget.batch_size, seed)
     metrics: dict[str, float] = {}
     bar = tqdm(total=budget.steps, desc=desc or "train", disable=not progress, leave=False)
-    model.train()
+    device = default_device()
+    model.to(device).train()
     for step in range(1, budget.steps + 1):
         index = next(batches)
-        losses = model(data.inputs("train", index), [data.train.targets[i] for i in index.tolist()])
+        losses = model(data.inputs("train", index, device), data.targets(index, device))
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at step {step} of {budget.steps}")
@@ -172,10 +174,11 @@ def evaluate(model: ProxyDetector, data: ProxyData, batch_size: int = 32) -> dic
     """COCO AP of ``model`` on the validation split, boxes mapped back to original pixels."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     split, results = data.val, []
     for start in range(0, len(split), batch_size):
         index = torch.arange(start, min(start + batch_size, len(split)))
-        for i, detections in zip(index.tolist(), model(data.inputs("val", index))):
+        for i, detections in zip(index.tolist(), model(data.inputs("val", index, device))):
             results.extend(
                 coco_results(detections, split.scales[i].item(), split.image_ids[i], split.category_ids)
             )
@@ -234,7 +237,7 @@ def _writer(out_dir: str | Path | None):
 
 def _save(out: Path, model: nn.Module, neck: NeckSpec, settings: ProxySettings, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out / "checkpoint.pt")
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "checkpoint.pt")
     neck.genotype.save(out / "genotype.json")
     record = {"metrics": result, "settings": asdict(settings), "repeats": neck.repeats, "norm": neck.norm}
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")
