@@ -42,14 +42,20 @@ def _widths(text: str) -> tuple[int, int, int]:
     return widths  # type: ignore[return-value]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
+def _at_least(low: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text!r} must be at least {low}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
 
 
 def _add_size_options(parser: argparse.ArgumentParser) -> None:
@@ -79,14 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_size_options(show)
     show.set_defaults(handler=_necks_show)
 
+    import nas.data.synth as synth_module
+
     data = commands.add_parser("data", help="datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     synth = data_commands.add_parser("synth", help="write the embedded multi-scale dataset (COCO format)")
     synth.add_argument("--out", type=Path, default=DEFAULT_DATA, help=f"folder (default {DEFAULT_DATA})")
     synth.add_argument("--train", type=_positive, default=1024, help="training images (default 1024)")
     synth.add_argument("--val", type=_positive, default=256, help="validation images (default 256)")
-    synth.add_argument("--size", type=_positive, default=128, help="image side in pixels (default 128)")
-    synth.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    synth.add_argument(
+        "--size",
+        type=_at_least(synth_module.MIN_SIZE),
+        default=128,
+        help="image side in pixels (default 128)",
+    )
+    synth.add_argument("--seed", type=_at_least(0), default=0, help="generator seed (default 0)")
     synth.set_defaults(handler=_data_synth)
 
     train = commands.add_parser("train", help="train one proxy detector with a neck; print COCO AP")
@@ -218,7 +231,7 @@ def _data_synth(args: argparse.Namespace) -> None:
     try:
         root = synthesize(args.out, train=args.train, val=args.val, size=args.size, seed=args.seed)
     except FileExistsError as e:
-        raise UsageError(f"--out {args.out}: {e}") from None
+        raise UsageError(str(e)) from None
     print(f"dataset in {root} (annotations/instances_train.json, annotations/instances_val.json)")
 
 

@@ -78,6 +78,12 @@ def test_unknown_neck_and_bad_options_are_one_line_exit_2(tmp_path: Path) -> Non
         nasfpn("necks", "show", "fpn", "--png", str(tmp_path / "no" / "x.png")), "does not exist"
     )
     _assert_one_line_error(nasfpn("frobnicate"), "invalid choice")
+    _assert_one_line_error(
+        nasfpn("data", "synth", "--out", str(tmp_path / "s"), "--size", "10"), "at least 32"
+    )
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "keep.txt").write_text("mine")
+    _assert_one_line_error(nasfpn("data", "synth", "--out", str(tmp_path / "foreign")), "not overwriting")
 
 
 def test_data_synth_then_train_quick(tmp_path: Path) -> None:
