@@ -94,3 +94,41 @@ def test_trained_backbone_mode_feeds_images(tiny_dataset: Path, backbone_checkpo
     assert data.features is None
     metrics = train_proxy(resolve_neck("fpn"), data, settings, seed=0, progress=False)
     assert 0.0 <= metrics["AP"] <= 1.0
+
+
+def test_letterbox_keeps_aspect_and_maps_boxes_back(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from nas.data.letterbox import letterbox_split
+    from nas.train import coco_results
+
+    (tmp_path / "img" / "sub").mkdir(parents=True)
+    Image.new("RGB", (200, 100), (255, 0, 0)).save(tmp_path / "img" / "sub" / "wide.png")
+    Image.new("RGB", (64, 64), (0, 255, 0)).save(tmp_path / "img" / "small.png")
+    coco = {
+        "images": [
+            {"id": 7, "file_name": "sub/wide.png", "width": 200, "height": 100},
+            {"id": 9, "file_name": "small.png", "width": 64, "height": 64},
+        ],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 5, "bbox": [20, 10, 100, 50], "area": 5000, "iscrowd": 0},
+            {"id": 2, "image_id": 9, "category_id": 5, "bbox": [0, 0, 0.5, 0.5], "area": 0.25, "iscrowd": 0},
+        ],
+        "categories": [{"id": 5, "name": "thing"}],
+    }
+    (tmp_path / "a.json").write_text(json.dumps(coco))
+    split = letterbox_split(CocoDetection(tmp_path / "a.json", tmp_path / "img"), 128)
+    assert split.images.shape == (2, 3, 128, 128)
+    assert split.scales.tolist() == pytest.approx([0.64, 2.0])
+    # The wide image fills the top 64 rows; the padding below is black.
+    assert split.images[0, 0, :64].float().mean() > 250 and split.images[0, :, 64:].max() == 0
+    torch.testing.assert_close(split.targets[0]["boxes"], torch.tensor([[12.8, 6.4, 76.8, 38.4]]))
+    assert split.targets[1]["boxes"].shape == (1, 4)  # 0.5 px grows to 1 px at scale 2: kept
+    detections = {
+        "boxes": split.targets[0]["boxes"],
+        "scores": torch.tensor([0.9]),
+        "labels": torch.tensor([1]),
+    }
+    (result,) = coco_results(detections, split.scales[0].item(), 7, split.category_ids)
+    assert result["category_id"] == 5 and result["image_id"] == 7
+    assert result["bbox"] == pytest.approx([20, 10, 100, 50], abs=1e-4)
