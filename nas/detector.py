@@ -31,6 +31,13 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def normalize(images: Tensor) -> Tensor:
+    """Images (N, 3, H, W) in [0, 1] -> standardised with ImageNet's channel statistics."""
+    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std
+
+
 class CenteredAnchorGenerator(AnchorGenerator):
     """torchvision's anchors, centred on their feature-map cells instead of the cells' top-left
     corners. At a proxy's image size the coarse levels have one or two cells (P7 is 1x1 at
@@ -82,8 +89,6 @@ class ProxyDetector(nn.Module):
         self.kind = kind
         self.image_size = image_size
         self._match_cache: dict[int, Tensor] = {}
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         backbone = BackboneWithNeck(body, neck)
         common = dict(min_size=image_size, max_size=image_size)
         if kind == "retinanet":
@@ -166,7 +171,7 @@ class ProxyDetector(nn.Module):
 
     def backbone_features(self, images: Tensor) -> list[Tensor]:
         """C3..C5 of images (N, 3, S, S) in [0, 1]."""
-        return list(self.body((images - self.mean) / self.std).values())
+        return list(self.body(normalize(images)).values())
 
     def forward(
         self, inputs: Tensor | Sequence[Tensor], targets: list[dict[str, Tensor]] | None = None

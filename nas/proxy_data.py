@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from nas.backbone import resnet_body
-from nas.data.coco import CocoDetection
-from nas.data.letterbox import ProxySplit, letterbox_split
+from nas.data.coco import CocoDetection, DatasetError
+from nas.data.letterbox import MIN_BOX_SIDE, ProxySplit, letterbox_split
 from nas.device import default_device
 
 if TYPE_CHECKING:
@@ -67,13 +67,21 @@ def prepare_proxy_data(
     """Letterboxes both splits, gets the backbone (checkpoint, cache or pretraining), and with
     ``settings.freeze_backbone`` computes its features."""
     if val.category_ids != train.category_ids:
-        raise ValueError(f"{val.annotation_file}: categories differ from {train.annotation_file}'s")
+        raise DatasetError(f"{val.annotation_file}: categories differ from {train.annotation_file}'s")
     data = ProxyData(
         letterbox_split(train, settings.image_size),
         letterbox_split(val, settings.image_size),
         train.num_categories,
         body_state={},
     )
+    if data.train.dropped:
+        logger.warning(
+            "%s: %d boxes under %.0f px once letterboxed to %d px are left out of training",
+            train.annotation_file,
+            data.train.dropped,
+            MIN_BOX_SIDE,
+            settings.image_size,
+        )
     if settings.backbone_checkpoint is not None:
         body = resnet_body(settings.backbone, settings.backbone_checkpoint)
     else:
@@ -87,16 +95,14 @@ def prepare_proxy_data(
 
 @torch.no_grad()
 def _features(body: torch.nn.Module, split: ProxySplit, batch_size: int = 64) -> list[Tensor]:
-    from nas.detector import IMAGENET_MEAN, IMAGENET_STD
+    from nas.detector import normalize
 
     device = default_device()
     body.eval().to(device)
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     chunks: list[list[Tensor]] = [[], [], []]
     for start in range(0, len(split), batch_size):
         images = split.images[start : start + batch_size].to(device).float().div_(255)
-        for level, c in enumerate(body((images - mean) / std).values()):
+        for level, c in enumerate(body(normalize(images)).values()):
             chunks[level].append(c.half().cpu())  # kept in host memory, moved per batch
     return [torch.cat(level) for level in chunks]
 
