@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
 from nas.genotype import GenotypeError
+from nas.tables import format_table
 
 if TYPE_CHECKING:
     from nas.data.coco import CocoDetection
@@ -109,7 +111,51 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     train.add_argument("--out", type=Path, help="run folder (default runs/train/NECK-sSEED)")
     train.set_defaults(handler=_train)
+    _add_search_commands(commands)
     return parser
+
+
+def _add_search_commands(commands: argparse._SubParsersAction) -> None:
+    from nas.controllers import CONTROLLERS
+    from search_spaces import SPACES
+
+    search = commands.add_parser(
+        "search",
+        help="search for a neck (resumes runs/NAME if it exists)",
+        description="Runs a neck search, or resumes runs/NAME with its saved settings (only --trials, "
+        "--workers and the execution options may change on resume).",
+    )
+    search.add_argument("--name", default="search", help="run name: the folder runs/NAME (default 'search')")
+    search.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live")
+    search.add_argument("--space", choices=list(SPACES), help="search space (default nasfpn)")
+    search.add_argument("--cells", type=_at_least(5), help="merging cells of the nasfpn space (default 7)")
+    search.add_argument("--controller", choices=CONTROLLERS, help="controller (default rl)")
+    search.add_argument(
+        "--trials", type=_positive, help="trials in the study, counting done ones (default 20)"
+    )
+    search.add_argument(
+        "--seed-with", help="known necks to try first, e.g. nasfpn (must be points of the space)"
+    )
+    search.add_argument("--objective", help="ap (default), ap,latency or ap,flops")
+    search.add_argument(
+        "--reward", choices=("pareto", "scalar"), help="how ap,COST is optimised (see README)"
+    )
+    search.add_argument("--cost-target", type=float, help="the scalar reward's target cost (default: FPN's)")
+    search.add_argument("--seed", type=_at_least(0), help="controller and training seed (default 0)")
+    search.add_argument("--scheduler", choices=("asha", "none"), default="asha", help="early stopping")
+    search.add_argument("--workers", type=_positive, help="trials at a time (default: CPUs / cpus-per-trial)")
+    search.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPU share of a trial (default 1)")
+    search.add_argument("--gpus-per-trial", type=float, help="GPU share of a trial (default 1 with a GPU)")
+    search.add_argument("--address", help="join this Ray cluster (default: start a local one)")
+    search.add_argument("--storage", help="SQLAlchemy URL of the Optuna storage (default runs/NAME/study.db)")
+    _add_data_options(search)
+    _add_proxy_options(search)
+    search.set_defaults(handler=_search)
+
+    status = commands.add_parser("status", help="a search's leaderboard")
+    status.add_argument("run", type=Path, help="the run folder, e.g. runs/search")
+    status.add_argument("--top", type=_positive, default=10, help="rows (default 10)")
+    status.set_defaults(handler=_status)
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -193,7 +239,7 @@ def _necks_list(args: argparse.Namespace) -> None:
         module = neck.build_twin(args.in_channels, args.channels)
         params, flops = count_parameters(module), count_flops(module, inputs)
         rows.append((name, str(neck.repeats), f"{params / 1e6:.2f}M", f"{flops / 1e9:.2f}", neck.paper))
-    _print_table(rows)
+    print(format_table(rows))
 
 
 def _necks_show(args: argparse.Namespace) -> None:
@@ -217,12 +263,6 @@ def _necks_show(args: argparse.Namespace) -> None:
             raise UsageError(f"--png {args.png}: folder {args.png.parent} does not exist")
         draw_genotype(genotype, args.png)
         print(f"wrote {args.png}")
-
-
-def _print_table(rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def _data_synth(args: argparse.Namespace) -> None:
@@ -254,6 +294,186 @@ def _train(args: argparse.Namespace) -> None:
     )
     print("  ".join(f"{m} {metrics[m] * 100:5.1f}" for m in METRICS))
     print(f"wrote {out}/metrics.json, checkpoint.pt, tb/ (tensorboard --logdir {out})")
+
+
+def _search(args: argparse.Namespace) -> None:
+    from nas.leaderboard import best_trial, leaderboard
+    from nas.runs import RunFolder
+    from nas.search import run_search
+
+    run = RunFolder(args.runs_dir / args.name)
+    config = _resumed_config(run, args) if run.exists() else _new_config(args)
+    resume = f"nasfpn search --name {args.name}" + (
+        f" --runs-dir {args.runs_dir}" if args.runs_dir != Path("runs") else ""
+    )
+    try:
+        outcome = run_search(config, run, address=args.address, cache_dir=args.cache_dir)
+    except KeyboardInterrupt:
+        print(f"stopped; finished trials are kept. Resume with: {resume}", file=sys.stderr)
+        raise
+    print(leaderboard(run))
+    if not outcome.finished:
+        print(f"stopped with {outcome.done}/{config.trials} trials done. Resume with: {resume}")
+        return
+    print(f"done in {outcome.seconds / 60:.1f} min. Next:")
+    print(f"  nasfpn status {run.path}    # this table again")
+    best = best_trial(run)
+    if best is not None:
+        genotype = run.trial_dir(best.number) / "genotype.json"
+        print(f"  nasfpn necks show {genotype} --png best.png    # the best cell, drawn")
+        print(f"  nasfpn train --neck {genotype} --budget full    # the best cell, trained longer")
+
+
+def _new_config(args: argparse.Namespace):
+    import torch
+
+    from nas.objectives import Objective
+    from nas.runs import COST_IMAGE_SIZE, SearchConfig
+    from search_spaces import get_space
+
+    space_name = args.space or "nasfpn"
+    options = {}
+    if args.cells is not None:
+        if space_name != "nasfpn":
+            raise UsageError(f"--cells applies to the nasfpn space, not {space_name}")
+        options["cells"] = args.cells
+    try:
+        space = get_space(space_name, **options)
+    except ValueError as e:
+        raise UsageError(f"--space {space_name}: {e}") from None
+    controller = args.controller or "rl"
+    try:
+        objective = Objective.parse(args.objective or "ap", args.reward, controller, args.cost_target)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    settings = proxy_settings(args)
+    if objective.needs_target():
+        from dataclasses import replace
+
+        from nas.necks import resolve_neck
+        from nas.trial import neck_costs
+
+        fpn_costs = neck_costs(resolve_neck("fpn"), settings, COST_IMAGE_SIZE)
+        objective = replace(objective, target=float(fpn_costs[objective.cost_key]))
+    seed_with = tuple(n.strip() for n in args.seed_with.split(",") if n.strip()) if args.seed_with else ()
+    for name in seed_with:
+        from nas.necks import resolve_neck
+
+        try:
+            space.encode(resolve_neck(name).genotype)
+        except GenotypeError as e:
+            raise UsageError(f"--seed-with {name}: not a point of the {space_name} space: {e}") from None
+    train, val = load_datasets(args)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
+    if gpus > 0 and not torch.cuda.is_available() and args.address is None:
+        raise UsageError(f"--gpus-per-trial {gpus}: this machine has no GPU")
+    return SearchConfig(
+        name=args.name,
+        space=space_name,
+        space_options=options,
+        controller=controller,
+        trials=args.trials or 20,
+        seed=args.seed or 0,
+        seed_with=seed_with,
+        objective=objective.to_dict(),
+        proxy=asdict(settings),
+        data=_data_paths(train, val),
+        scheduler=args.scheduler,
+        workers=args.workers or _default_workers(args.cpus_per_trial, gpus),
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=gpus,
+        storage=args.storage,
+    )
+
+
+def _data_paths(train: CocoDetection, val: CocoDetection) -> dict[str, str]:
+    return {
+        "train_json": str(Path(train.annotation_file).resolve()),
+        "train_images": str(Path(train.images_dir).resolve()),
+        "val_json": str(Path(val.annotation_file).resolve()),
+        "val_images": str(Path(val.images_dir).resolve()),
+    }
+
+
+def _default_workers(cpus_per_trial: float, gpus_per_trial: float) -> int:
+    import os
+
+    import torch
+
+    if gpus_per_trial > 0:
+        return max(1, int(torch.cuda.device_count() / gpus_per_trial))
+    return max(1, int((os.cpu_count() or 1) / cpus_per_trial))
+
+
+def _resumed_config(run, args: argparse.Namespace):
+    """The saved config, with the options that may change on resume; a conflicting option is an error."""
+    from dataclasses import replace
+
+    from nas.train import ProxySettings
+
+    try:
+        saved = run.load_config()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    asked = {
+        "space": args.space,
+        "cells": args.cells,
+        "controller": args.controller,
+        "seed": args.seed,
+        "objective": args.objective,
+        "reward": args.reward,
+        "cost-target": args.cost_target,
+        "seed-with": args.seed_with,
+        "storage": args.storage,
+    }
+    given = [f"--{k}" for k, v in asked.items() if v is not None and not _same_as_saved(k, v, saved)]
+    requested, defaults = asdict(proxy_settings(args)), asdict(ProxySettings())
+    given += [
+        f"proxy {k}={requested[k]!r}"
+        for k in requested
+        if requested[k] != defaults[k] and requested[k] != saved.proxy.get(k)
+    ]
+    if any(x is not None for x in (args.data, args.train_json, args.val_json, args.images)):
+        if _data_paths(*load_datasets(args)) != saved.data:
+            given.append("the data options")
+    if given:
+        raise UsageError(
+            f"{run.path} exists and was started with other settings ({', '.join(given)}): "
+            f"resume without them, or start a new --name"
+        )
+    return replace(
+        saved,
+        trials=args.trials or saved.trials,
+        workers=args.workers or saved.workers,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else saved.gpus_per_trial,
+        scheduler=args.scheduler,
+    )
+
+
+def _same_as_saved(key: str, value, saved) -> bool:
+    current = {
+        "space": saved.space,
+        "cells": saved.space_options.get("cells"),
+        "controller": saved.controller,
+        "seed": saved.seed,
+        "objective": "ap" if not saved.objective.get("cost") else f"ap,{saved.objective['cost']}",
+        "reward": saved.objective.get("form"),
+        "cost-target": saved.objective.get("target"),
+        "seed-with": ",".join(saved.seed_with),
+        "storage": saved.storage,
+    }[key]
+    return value == current
+
+
+def _status(args: argparse.Namespace) -> None:
+    from nas.leaderboard import leaderboard
+    from nas.runs import RunFolder
+
+    run = RunFolder(args.run)
+    if not run.exists():
+        raise UsageError(f"{args.run}: not a search run folder (no config.json)")
+    print(leaderboard(run, args.top))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

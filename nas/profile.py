@@ -1,8 +1,10 @@
-"""Size and cost of a neck: parameters and FLOPs at a stated input size."""
+"""Size and cost of a neck: parameters, FLOPs and latency at a stated input size."""
 
 from __future__ import annotations
 
 import math
+import statistics
+import time
 from collections.abc import Sequence
 
 import torch
@@ -30,3 +32,20 @@ def count_flops(module: nn.Module, inputs: Sequence[Tensor]) -> int:
         module(list(inputs))
     module.train(was_training)
     return counter.get_total_flops()
+
+
+@torch.no_grad()
+def measure_latency(module: nn.Module, inputs: Sequence[Tensor], runs: int = 10, warmup: int = 2) -> float:
+    """Median wall time of one forward in milliseconds, on the inputs' device."""
+    was_training = module.training
+    module.eval()
+    times = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        module(list(inputs))
+        if inputs[0].is_cuda:
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    module.train(was_training)
+    return statistics.median(times) * 1e3

@@ -1,5 +1,37 @@
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 # tests/helpers.py is imported as `helpers`.
 sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 16 + 8 image embedded dataset."""
+    from nas.data.synth import synthesize
+
+    return synthesize(tmp_path_factory.mktemp("data") / "shapes", train=16, val=8, size=128, seed=3)
+
+
+@pytest.fixture(scope="session")
+def backbone_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random ResNet-10 weights: spares the tests the backbone's pretraining."""
+    from nas.backbone import resnet_body
+
+    path = tmp_path_factory.mktemp("backbone") / "resnet10.pt"
+    torch.manual_seed(0)
+    torch.save(resnet_body("resnet10").state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole session; yields its address for subprocesses to join."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

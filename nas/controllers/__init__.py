@@ -1,0 +1,69 @@
+"""Controllers: the strategies that choose a search space's decisions, each an Optuna sampler.
+
+Every controller drives every space (a space only calls ``trial.suggest_categorical``) and all
+results land in one Optuna study:
+
+- ``rl``: NAS-FPN's PPO-trained LSTM policy (``nas.controllers.rl``); its state lives in
+  ``state_path``.
+- ``evolution``: regularized (aging) evolution (``nas.controllers.evolution``); its state is the
+  study itself.
+- ``random``: Optuna's ``RandomSampler``, the strong baseline.
+- ``tpe``: Optuna's ``TPESampler`` with Optuna 5's defaults: multivariate for single-objective
+  studies, constant liar for trials that run concurrently.
+
+Multi-objective studies (e.g. AP and latency): ``random`` and ``tpe`` handle them natively and
+ignore ``reward``; ``rl`` and ``evolution`` need one number per trial and require ``reward``, a
+function of the finished trial that scalarises the objectives (see ``nas.controllers.common``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import optuna
+
+from nas.controllers.common import Reward, observed_value
+from nas.controllers.evolution import RegularizedEvolutionSampler
+from nas.controllers.rl import RLSampler
+
+CONTROLLERS = ("rl", "evolution", "random", "tpe")
+
+__all__ = [
+    "CONTROLLERS",
+    "RLSampler",
+    "RegularizedEvolutionSampler",
+    "Reward",
+    "make_controller",
+    "observed_value",
+]
+
+
+def make_controller(
+    name: str,
+    seed: int | None,
+    state_path: str | os.PathLike[str] | None = None,
+    reward: Reward | None = None,
+    **options: Any,
+) -> optuna.samplers.BaseSampler:
+    """The controller ``name`` as an Optuna sampler.
+
+    Args:
+        name: one of ``CONTROLLERS``.
+        seed: seeds the controller's randomness.
+        state_path: where ``rl`` keeps its state across resumes; the others keep none beyond the
+            study and ignore it.
+        reward: the reward ``rl`` and ``evolution`` maximise (default: the study's objective value);
+            ignored by ``random`` and ``tpe``, which read the study's objective values.
+        options: keyword arguments of the controller's class (e.g. ``batch`` for rl,
+            ``population_size`` for evolution, ``n_startup_trials`` for tpe).
+    """
+    if name == "rl":
+        return RLSampler(seed=seed, state_path=state_path, reward=reward, **options)
+    if name == "evolution":
+        return RegularizedEvolutionSampler(seed=seed, reward=reward, **options)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed, **options)
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, **options)
+    raise ValueError(f"unknown controller {name!r}; known: {', '.join(CONTROLLERS)}")

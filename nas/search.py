@@ -1,0 +1,199 @@
+"""The search driver: a controller proposes genotypes, Ray Tune trains them, Optuna records them.
+
+``run_search`` prepares the proxy data once (it is put in Ray's object store and shared by the
+trials on a machine), opens the run's study, reruns trials a killed search left behind, trains
+the FPN baseline on the same proxy once, and runs the remaining trials on Ray Tune with
+``workers`` at a time and, by default, ASHA early stopping on the intermediate AP. Ctrl-C stops
+cleanly: finished trials are in the study; running ones are rerun by the next
+``nasfpn search --name NAME``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from nas.controllers import RLSampler, make_controller
+from nas.data.coco import CocoDetection
+from nas.live_view import LiveView
+from nas.necks import NeckSpec, resolve_neck
+from nas.objectives import Objective
+from nas.proxy_data import ProxyData, prepare_proxy_data
+from nas.runs import (
+    COST_IMAGE_SIZE,
+    RunFolder,
+    SearchConfig,
+    count_done,
+    interrupted_numbers,
+    requeue_interrupted,
+)
+from nas.searcher import StudySearcher
+from nas.train import BUDGETS
+from search_spaces import get_space
+
+Print = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class SearchOutcome:
+    done: int
+    failed: int
+    finished: bool  # the study reached its trial count (False: stopped early, e.g. Ctrl-C)
+    seconds: float
+
+
+def load_splits(config: SearchConfig) -> tuple[CocoDetection, CocoDetection]:
+    data = config.data
+    return (
+        CocoDetection(data["train_json"], data["train_images"]),
+        CocoDetection(data["val_json"], data["val_images"]),
+    )
+
+
+def run_search(
+    config: SearchConfig,
+    run: RunFolder,
+    data: ProxyData | None = None,
+    address: str | None = None,
+    cache_dir: str | Path = "runs/cache",
+    out: Print = print,
+) -> SearchOutcome:
+    """Runs (or resumes) the search ``config`` in ``run``; ``data`` skips the data preparation."""
+    start = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = get_space(config.space, **config.space_options)
+    objective = Objective(**config.objective)
+    settings = config.proxy_settings
+    run.save_config(config)
+
+    study = run.open_study(config, objective.directions)
+    # Seeded by the trial count, so a resumed random/tpe search does not replay its first proposals.
+    study.sampler = make_controller(
+        config.controller, seed=config.seed + len(study.trials), state_path=str(run.controller_state)
+    )
+    rerun = requeue_interrupted(study)
+    if not study.trials:
+        for name in config.seed_with:
+            study.enqueue_trial(space.encode(resolve_neck(name).genotype), user_attrs={"seeded": name})
+    remaining = config.trials - count_done(study)
+    if rerun:
+        out(f"resuming {run.path}: {rerun} interrupted trial(s) will be rerun")
+    if remaining <= 0:
+        out(f"{run.path}: all {config.trials} trials are done")
+        return SearchOutcome(count_done(study), _failed(study), True, 0.0)
+
+    if data is None:
+        data = prepare_proxy_data(*load_splits(config), settings, cache_dir)
+
+    def trial_config(
+        genotype: dict[str, Any], out_dir: str, repeats: int, norm: str | None
+    ) -> dict[str, Any]:
+        return {
+            "genotype": genotype,
+            "repeats": repeats,
+            "norm": norm,
+            "seed": config.seed,
+            "out_dir": out_dir,
+            "threads": max(1, int(config.cpus_per_trial)),
+            "cost_image_size": COST_IMAGE_SIZE,
+        }
+
+    baseline = [] if run.baseline_metrics() is not None else [_baseline_config(run, trial_config)]
+    budget = BUDGETS[settings.budget]
+    view = LiveView(study, config.trials, remaining, config.workers, out)
+    searcher = StudySearcher(
+        study,
+        space,
+        objective,
+        run,
+        lambda genotype, out_dir: trial_config(genotype, out_dir, space.repeats, space.norm),
+        budget.evaluations,
+        extra_configs=baseline,
+        on_finish=view.trial_finished,
+    )
+    out(
+        f"search {config.name}: space {config.space}, controller {config.controller}, "
+        f"objective {objective.name}{f' ({objective.form})' if objective.cost else ''}; "
+        f"{remaining} of {config.trials} trials to run, "
+        f"{config.workers} at a time; proxy {settings.detector}/{settings.backbone}, budget {settings.budget}"
+    )
+    _tune(config, run, searcher, data, remaining + len(baseline), budget.evaluations, address)
+    requeue_interrupted(study)  # trials still running were stopped: the next resume reruns them
+    if isinstance(study.sampler, RLSampler):
+        study.sampler.learn(study)  # from the last batch too, so the saved state is up to date
+    done = count_done(study)
+    return SearchOutcome(done, _failed(study), done >= config.trials, round(time.perf_counter() - start, 1))
+
+
+def _baseline_config(run: RunFolder, trial_config: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    fpn: NeckSpec = resolve_neck("fpn")
+    return {
+        **trial_config(fpn.genotype.to_dict(), str(run.baseline_dir()), fpn.repeats, fpn.norm),
+        "number": "fpn",
+    }
+
+
+def _failed(study: optuna.Study) -> int:
+    trials = study.get_trials(deepcopy=False)
+    interrupted = interrupted_numbers(trials)
+    return sum(t.state == TrialState.FAIL and t.number not in interrupted for t in trials)
+
+
+def _tune(
+    config: SearchConfig,
+    run: RunFolder,
+    searcher: StudySearcher,
+    data: ProxyData,
+    samples: int,
+    evaluations: int,
+    address: str | None,
+) -> None:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from nas.trial import run_trial
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    try:
+        scheduler = (
+            ASHAScheduler(
+                time_attr="evaluation", metric="AP", mode="max", max_t=evaluations, reduction_factor=2
+            )
+            if config.scheduler == "asha" and evaluations > 1
+            else FIFOScheduler()
+        )
+        trainable = tune.with_resources(
+            tune.with_parameters(run_trial, data=data, settings=config.proxy_settings),
+            {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
+        )
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=samples,
+                max_concurrent_trials=config.workers,
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(run.path.resolve()),
+                verbose=0,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+        tuner.fit()
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,69 @@
+"""One search trial on a Ray Tune worker: genotype -> neck -> cost profile -> proxy training.
+
+The trial reports to Tune after each of the proxy's evaluations (``AP``, the breakdown, the
+``evaluation`` count that ASHA's rungs use, and the neck's ``params``, ``flops``,
+``latency_ms``). A trial that raises -- a NaN loss, out of memory, a graph that does not build
+-- reports its ``failure`` reason instead of crashing the worker, so the search records it and
+goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from nas.backbone import backbone_widths
+from nas.genotype import Genotype
+from nas.necks import NeckSpec
+from nas.profile import count_flops, count_parameters, measure_latency, neck_inputs
+from nas.proxy_data import ProxyData
+from nas.train import ProxySettings, train_proxy
+
+
+def neck_costs(neck: NeckSpec, settings: ProxySettings, image_size: int) -> dict[str, float]:
+    """Parameters, FLOPs and single-thread CPU latency (ms) of the neck alone at ``image_size``."""
+    module = neck.build(backbone_widths(settings.backbone), settings.width)
+    inputs = neck_inputs(backbone_widths(settings.backbone), image_size)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: comparable while other trials share the machine
+    try:
+        latency = measure_latency(module, inputs)
+    finally:
+        torch.set_num_threads(threads)
+    return {
+        "params": count_parameters(module),
+        "flops": count_flops(module, inputs),
+        "latency_ms": round(latency, 3),
+    }
+
+
+def run_trial(config: dict[str, Any], data: ProxyData, settings: ProxySettings) -> None:
+    """Tune's function trainable. ``config``: ``genotype`` (dict), ``repeats``, ``norm``,
+    ``seed``, ``out_dir``, ``threads``, ``cost_image_size``."""
+    torch.set_num_threads(config["threads"])
+    start = time.perf_counter()
+    evaluations = 0
+    costs: dict[str, float] = {}
+
+    def report(step: int, metrics: dict[str, float]) -> None:
+        nonlocal evaluations
+        evaluations += 1
+        elapsed = round(time.perf_counter() - start, 2)
+        tune.report({**metrics, **costs, "evaluation": evaluations, "step": step, "seconds": elapsed})
+
+    try:
+        genotype = Genotype.from_dict(config["genotype"])
+        neck = NeckSpec(genotype, config["repeats"], config["norm"])
+        costs.update(neck_costs(neck, settings, config["cost_image_size"]))
+        out = Path(config["out_dir"])
+        train_proxy(neck, data, settings, seed=config["seed"], out_dir=out, report=report, progress=False)
+        record = json.loads((out / "metrics.json").read_text())
+        (out / "metrics.json").write_text(json.dumps({**record, "costs": costs}, indent=2) + "\n")
+    except Exception as e:  # noqa: BLE001 -- any failure is the trial's outcome, recorded with its reason
+        message = str(e).splitlines()[0] if str(e) else ""
+        tune.report({"failure": f"{type(e).__name__}: {message}"[:500], "AP": 0.0, "evaluation": evaluations})

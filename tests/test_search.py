@@ -1,0 +1,144 @@
+"""Searches end to end: a real local Ray cluster (one per session), Ray Tune, a SQLite Optuna study."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from nas.cli import main
+from nas.genotype import Genotype
+from nas.runs import RunFolder, SearchConfig, count_done
+from nas.search import run_search
+from nas.train import ProxySettings
+
+
+def _search_args(name: str, runs: Path, dataset: Path, checkpoint: Path, *extra: str) -> list[str]:
+    return [
+        "search",
+        "--name", name,
+        "--runs-dir", str(runs),
+        "--train-json", str(dataset / "annotations" / "instances_train.json"),
+        "--val-json", str(dataset / "annotations" / "instances_val.json"),
+        "--images", str(dataset / "images"),
+        "--budget", "quick",
+        "--width", "32",
+        "--backbone-checkpoint", str(checkpoint),
+        "--cache-dir", str(runs / "cache"),
+        *extra,
+    ]  # fmt: skip
+
+
+def _trials(run: RunFolder) -> list[optuna.trial.FrozenTrial]:
+    return run.load_study().get_trials(deepcopy=False)
+
+
+@pytest.mark.parametrize("controller", ["rl", "evolution", "random", "tpe"])
+def test_each_controller_runs_a_four_trial_search(
+    controller: str, ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    args = _search_args("s", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", controller)
+    assert main([*args, "--trials", "4", "--workers", "2"]) == 0
+    run = RunFolder(tmp_path / "s")
+    trials = _trials(run)
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    for t in trials:
+        assert 0.0 <= t.value <= 1.0 and t.value == t.user_attrs["AP"]
+        assert t.user_attrs["params"] > 0 and t.user_attrs["flops"] > 0 and t.user_attrs["latency_ms"] > 0
+        genotype = Genotype.from_dict(t.user_attrs["genotype"])
+        assert (run.trial_dir(t.number) / "genotype.json").read_text().strip() == genotype.to_json()
+        assert (run.trial_dir(t.number) / "checkpoint.pt").is_file()
+    assert run.baseline_metrics() is not None
+    assert run.controller_state.is_file() == (controller == "rl")
+    printed = capsys.readouterr().out
+    assert "baseline FPN: AP" in printed and "4/4 done" in printed
+    assert "FPN" in printed.split("trials done")[-1]  # the leaderboard's reference row
+
+
+def test_resume_after_sigkill_loses_and_repeats_nothing(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+) -> None:
+    args = _search_args("k", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", "evolution")
+    args += ["--trials", "5", "--workers", "1"]
+    log = (tmp_path / "first.log").open("w")
+    search = subprocess.Popen(
+        [sys.executable, "-m", "nas", *args, "--address", ray_cluster], stdout=log, stderr=subprocess.STDOUT
+    )
+    run = RunFolder(tmp_path / "k")
+    deadline = time.monotonic() + 240
+    while True:  # kill it once two trials are complete and another one is running
+        assert search.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+        assert time.monotonic() < deadline, "the search did not get going"
+        states = [t.state for t in _trials(run)] if (tmp_path / "k" / "study.db").exists() else []
+        if states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states:
+            break
+        time.sleep(0.3)
+    search.send_signal(signal.SIGKILL)
+    search.wait()
+    before = {t.number: (t.value, t.params) for t in _trials(run) if t.state == TrialState.COMPLETE}
+    killed = [t for t in _trials(run) if t.state == TrialState.RUNNING]
+    assert killed
+
+    assert main(args) == 0
+    after = _trials(run)
+    complete = {t.number: (t.value, t.params) for t in after if t.state == TrialState.COMPLETE}
+    assert all(complete[n] == before[n] for n in before)  # kept, not rerun
+    assert count_done(run.load_study()) == 5 and len(complete) == 5
+    for old in killed:
+        assert after[old.number].state == TrialState.FAIL
+        (rerun,) = [t for t in after if t.user_attrs.get("rerun_of") == old.number]
+        assert rerun.params == old.params and rerun.state == TrialState.COMPLETE
+    assert main(args) == 0  # a finished search stays finished
+    assert len(_trials(run)) == len(after)
+
+
+def test_a_raising_trial_is_recorded_as_failed_and_the_search_ends(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+) -> None:
+    data = tiny_dataset / "annotations"
+    settings = ProxySettings(budget="quick", width=32, backbone_checkpoint=str(backbone_checkpoint))
+    config = SearchConfig(
+        name="f",
+        controller="random",
+        trials=3,
+        objective={},
+        proxy=asdict(replace(settings, lr=1e12)),  # the loss blows up: every trial raises
+        data={
+            "train_json": str(data / "instances_train.json"),
+            "val_json": str(data / "instances_val.json"),
+            "train_images": str(tiny_dataset / "images"),
+            "val_images": str(tiny_dataset / "images"),
+        },
+        workers=2,
+    )
+    lines: list[str] = []
+    outcome = run_search(config, RunFolder(tmp_path / "f"), cache_dir=tmp_path, out=lines.append)
+    trials = RunFolder(tmp_path / "f").load_study().trials
+    assert outcome.finished and outcome.failed == 3
+    assert all(t.state == TrialState.FAIL for t in trials)
+    assert all("TrainingError: loss became" in t.user_attrs["failure"] for t in trials)
+    assert any("3 failed" in line for line in lines)
+
+
+def test_resume_with_other_settings_is_refused(
+    tmp_path: Path, tiny_dataset: Path, backbone_checkpoint: Path
+) -> None:
+    run = RunFolder(tmp_path / "r")
+    run.save_config(SearchConfig(name="r", space="nasfpn", controller="rl"))
+    result = subprocess.run(
+        [sys.executable, "-m", "nas", *_search_args("r", tmp_path, tiny_dataset, backbone_checkpoint),
+         "--controller", "tpe"],
+        capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.count("\n") == 1 and "--controller" in result.stderr and "new --name" in result.stderr
+    )
