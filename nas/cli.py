@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from nas.train import ProxySettings
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 DEFAULT_DATA = Path("data/shapes")
 
 
@@ -296,7 +297,7 @@ def _train(args: argparse.Namespace) -> None:
     print(f"wrote {out}/metrics.json, checkpoint.pt, tb/ (tensorboard --logdir {out})")
 
 
-def _search(args: argparse.Namespace) -> None:
+def _search(args: argparse.Namespace) -> int | None:
     from nas.leaderboard import best_trial, leaderboard
     from nas.runs import RunFolder
     from nas.search import run_search
@@ -314,7 +315,7 @@ def _search(args: argparse.Namespace) -> None:
     print(leaderboard(run))
     if not outcome.finished:
         print(f"stopped with {outcome.done}/{config.trials} trials done. Resume with: {resume}")
-        return
+        return EXIT_INTERRUPTED
     print(f"done in {outcome.seconds / 60:.1f} min. Next:")
     print(f"  nasfpn status {run.path}    # this table again")
     best = best_trial(run)
@@ -483,14 +484,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        args.handler(args)
+        return args.handler(args) or 0
     except (GenotypeError, UsageError, DatasetError, BackboneError, TrainingError) as e:
         print(f"nasfpn: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("nasfpn: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from fixed_necks import get_fixed_neck
 from nas.cli import main
 from nas.genotype import Genotype
 from nas.runs import RunFolder, SearchConfig, count_done
@@ -39,6 +40,14 @@ def _search_args(name: str, runs: Path, dataset: Path, checkpoint: Path, *extra:
 
 def _trials(run: RunFolder) -> list[optuna.trial.FrozenTrial]:
     return run.load_study().get_trials(deepcopy=False)
+
+
+def _states_while_running(run: RunFolder) -> list[TrialState]:
+    """The trial states of a search another process is running ([] until its study exists)."""
+    try:
+        return [t.state for t in _trials(run)]
+    except (KeyError, ValueError, OSError):
+        return []
 
 
 @pytest.mark.parametrize("controller", ["rl", "evolution", "random", "tpe"])
@@ -77,7 +86,7 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(
     while True:  # kill it once two trials are complete and another one is running
         assert search.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
         assert time.monotonic() < deadline, "the search did not get going"
-        states = [t.state for t in _trials(run)] if (tmp_path / "k" / "study.db").exists() else []
+        states = _states_while_running(run)
         if states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states:
             break
         time.sleep(0.3)
@@ -142,3 +151,70 @@ def test_resume_with_other_settings_is_refused(
     assert (
         result.stderr.count("\n") == 1 and "--controller" in result.stderr and "new --name" in result.stderr
     )
+
+
+def test_pareto_search_seeded_with_the_published_cell(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+) -> None:
+    args = _search_args("p", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", "random")
+    assert main([*args, "--objective", "ap,latency", "--seed-with", "nasfpn", "--trials", "2"]) == 0
+    study = RunFolder(tmp_path / "p").load_study()
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    first, second = study.trials
+    assert first.user_attrs["seeded"] == "nasfpn"
+    assert Genotype.from_dict(first.user_attrs["genotype"]).nodes == get_fixed_neck("nasfpn").genotype.nodes
+    for t in (first, second):
+        assert t.values == [t.user_attrs["AP"], t.user_attrs["latency_ms"]]
+
+
+def test_scalar_reward_is_mnasnet_style_against_fpn(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+) -> None:
+    args = _search_args("m", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", "evolution")
+    assert main([*args, "--objective", "ap,flops", "--trials", "1"]) == 0
+    run = RunFolder(tmp_path / "m")
+    objective = run.load_config().objective
+    assert objective["form"] == "scalar" and objective["target"] == run.baseline_metrics()["flops"]
+    (trial,) = run.load_study().trials
+    expected = trial.user_attrs["AP"] * (trial.user_attrs["flops"] / objective["target"]) ** -0.07
+    assert trial.value == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--controller", "rl", "--objective", "ap,latency", "--reward", "pareto"], "learns from one reward"),
+        (["--objective", "ap,size"], "give ap, ap,latency or ap,flops"),
+        (["--seed-with", "fpn"], "--seed-with fpn: not a point of the nasfpn space"),
+        (["--space", "fusion", "--cells", "6"], "--cells applies to the nasfpn space"),
+    ],
+)
+def test_impossible_search_options_are_one_line_errors(
+    options: list[str], message: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    assert main([*_search_args("e", tmp_path, tiny_dataset, backbone_checkpoint), *options]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not (tmp_path / "e").exists()
+
+
+def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+) -> None:
+    args = _search_args("c", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", "tpe")
+    search = subprocess.Popen(
+        [sys.executable, "-m", "nas", *args, "--trials", "50", "--workers", "1", "--address", ray_cluster],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    run = RunFolder(tmp_path / "c")
+    deadline = time.monotonic() + 240
+    while TrialState.COMPLETE not in _states_while_running(run):
+        assert search.poll() is None and time.monotonic() < deadline
+        time.sleep(0.3)
+    search.send_signal(signal.SIGINT)
+    output, _ = search.communicate(timeout=120)
+    assert search.returncode == 130, output
+    assert "Resume with: nasfpn search --name c" in output and "Traceback" not in output
+    assert not any(t.state == TrialState.RUNNING for t in _trials(run))
