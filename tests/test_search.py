@@ -22,6 +22,22 @@ from nas.search import run_search
 from nas.train import ProxySettings
 
 
+@pytest.fixture
+def spawn():
+    """Starts subprocesses; kills any still running when the test ends, passed or not."""
+    started: list[subprocess.Popen] = []
+
+    def start(args: list[str], **kwargs) -> subprocess.Popen:
+        started.append(subprocess.Popen(args, **kwargs))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def _search_args(name: str, runs: Path, dataset: Path, checkpoint: Path, *extra: str) -> list[str]:
     return [
         "search",
@@ -73,12 +89,12 @@ def test_each_controller_runs_a_four_trial_search(
 
 
 def test_resume_after_sigkill_loses_and_repeats_nothing(
-    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+    spawn, ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
 ) -> None:
     args = _search_args("k", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", "evolution")
     args += ["--trials", "5", "--workers", "1"]
     log = (tmp_path / "first.log").open("w")
-    search = subprocess.Popen(
+    search = spawn(
         [sys.executable, "-m", "nas", *args, "--address", ray_cluster], stdout=log, stderr=subprocess.STDOUT
     )
     run = RunFolder(tmp_path / "k")
@@ -199,10 +215,10 @@ def test_impossible_search_options_are_one_line_errors(
 
 
 def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
-    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+    spawn, ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
 ) -> None:
     args = _search_args("c", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", "tpe")
-    search = subprocess.Popen(
+    search = spawn(
         [sys.executable, "-m", "nas", *args, "--trials", "50", "--workers", "1", "--address", ray_cluster],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
