@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -152,6 +152,33 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
     _add_data_options(search)
     _add_proxy_options(search)
     search.set_defaults(handler=_search)
+
+    compare = commands.add_parser(
+        "compare",
+        help="train found cells and baselines with one recipe and the same seeds; compare.md/.csv/.png",
+        description="With a run folder: its top cells against the baselines on the run's proxy (proxy and "
+        "data options are the run's, except --budget). Without: the baselines alone, on the data and "
+        "proxy the options give.",
+    )
+    compare.add_argument("run", type=Path, nargs="?", help="a search run folder, e.g. runs/s1")
+    compare.add_argument("--top", type=_positive, default=1, help="found cells to compare (default 1)")
+    compare.add_argument(
+        "--baselines",
+        default="fpn,panet,bifpn,nasfpn",
+        help="fixed necks or genotype files (default %(default)s)",
+    )
+    compare.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1 per neck (default 3)")
+    compare.add_argument("--out", type=Path, help="output folder (default RUN/compare, or runs/compare)")
+    compare.add_argument(
+        "--workers", type=_positive, help="trainings at a time (default: CPUs / cpus-per-trial)"
+    )
+    compare.add_argument("--cpus-per-trial", type=float, default=1.0)
+    compare.add_argument(
+        "--gpus-per-trial", type=float, help="GPU share of a training (default 1 with a GPU)"
+    )
+    _add_data_options(compare)
+    _add_proxy_options(compare)
+    compare.set_defaults(handler=_compare)
 
     status = commands.add_parser("status", help="a search's leaderboard")
     status.add_argument("run", type=Path, help="the run folder, e.g. runs/search")
@@ -349,8 +376,6 @@ def _new_config(args: argparse.Namespace):
         raise UsageError(str(e)) from None
     settings = proxy_settings(args)
     if objective.needs_target():
-        from dataclasses import replace
-
         from nas.necks import resolve_neck
         from nas.trial import neck_costs
 
@@ -408,8 +433,6 @@ def _default_workers(cpus_per_trial: float, gpus_per_trial: float) -> int:
 
 def _resumed_config(run, args: argparse.Namespace):
     """The saved config, with the options that may change on resume; a conflicting option is an error."""
-    from dataclasses import replace
-
     from nas.train import ProxySettings
 
     try:
@@ -465,6 +488,45 @@ def _same_as_saved(key: str, value, saved) -> bool:
         "storage": saved.storage,
     }[key]
     return value == current
+
+
+def _compare(args: argparse.Namespace) -> None:
+    import torch
+
+    from nas.compare import Entry, entries, run_jobs, write_results
+    from nas.necks import resolve_neck
+    from nas.proxy_data import prepare_proxy_data
+    from nas.runs import RunFolder
+    from nas.search import load_splits
+
+    baselines = [n.strip() for n in args.baselines.split(",") if n.strip()]
+    for name in baselines:
+        resolve_neck(name)  # an unknown neck fails before any training
+    if args.run is not None:
+        run = RunFolder(args.run)
+        if not run.exists():
+            raise UsageError(f"{args.run}: not a search run folder (no config.json)")
+        if any(x is not None for x in (args.data, args.train_json, args.val_json, args.images)):
+            raise UsageError("a run's comparison uses the run's data: drop the data options")
+        config = run.load_config()
+        settings = replace(config.proxy_settings, budget=args.budget)
+        items = entries(run, args.top, baselines)
+        if not any(e.found for e in items):
+            raise UsageError(f"{args.run}: no completed trial to compare yet")
+        splits = load_splits(config)
+        out_dir = args.out or run.path / "compare"
+    else:
+        settings = proxy_settings(args)
+        items = [Entry(name, resolve_neck(name), False) for name in baselines]
+        splits = load_datasets(args)
+        out_dir = args.out or Path("runs") / "compare"
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
+    data = prepare_proxy_data(*splits, settings, args.cache_dir)
+    seeds = list(range(args.seeds))
+    workers = args.workers or _default_workers(args.cpus_per_trial, gpus)
+    run_jobs(items, seeds, data, settings, out_dir, workers, args.cpus_per_trial, gpus)
+    print(write_results(items, seeds, settings.budget, out_dir))
+    print(f"wrote {out_dir}/compare.md, compare.csv, compare.png")
 
 
 def _status(args: argparse.Namespace) -> None:

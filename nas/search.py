@@ -10,8 +10,6 @@ cleanly: finished trials are in the study; running ones are rerun by the next
 
 from __future__ import annotations
 
-import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from nas.cluster import ray_cluster
 from nas.controllers import RLSampler, make_controller
 from nas.data.coco import CocoDetection
 from nas.live_view import LiveView
@@ -156,17 +155,12 @@ def _tune(
     evaluations: int,
     address: str | None,
 ) -> None:
-    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from nas.trial import run_trial
 
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    try:
+    with ray_cluster(address):
         scheduler = (
             ASHAScheduler(
                 time_attr="evaluation", metric="AP", mode="max", max_t=evaluations, reduction_factor=2
@@ -194,6 +188,3 @@ def _tune(
             ),
         )
         tuner.fit()
-    finally:
-        if started:
-            ray.shutdown()

@@ -1,0 +1,256 @@
+"""A fair comparison: the top found cells and the hand-designed baselines, one recipe, same seeds.
+
+Every neck is trained in the run's proxy detector (its settings, the budget asked for) once per
+seed, as Ray tasks -- ``workers`` at a time, each with its CPU/GPU share -- on the data prepared
+once and shared through Ray's object store. A job whose ``metrics.json`` exists is not rerun, so
+an interrupted comparison resumes. Results: ``compare.md``, ``compare.csv`` and ``compare.png``
+in ``runs/NAME/compare/``.
+
+Beyond seed noise: a found cell beats a baseline when Welch's one-sided t-test on the per-seed
+AP rejects "not better" at p < 0.05 (unequal variances; seeds are not paired because a seed
+fixes different initial weights for different necks).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scipy.stats import ttest_ind
+
+from nas.cluster import ray_cluster
+from nas.evaluate import METRICS
+from nas.genotype import Genotype
+from nas.necks import NeckSpec, resolve_neck
+from nas.proxy_data import ProxyData
+from nas.runs import COST_IMAGE_SIZE, RunFolder
+from nas.tables import format_table
+from nas.train import ProxySettings
+from search_spaces import get_space
+
+ALPHA = 0.05
+Print = Callable[[str], None]
+
+
+@dataclass
+class Entry:
+    """One neck of the comparison and its per-seed metrics."""
+
+    label: str
+    neck: NeckSpec
+    found: bool
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def values(self, metric: str) -> list[float]:
+        return [r[metric] for r in self.runs]
+
+    def mean(self, metric: str) -> float:
+        return statistics.fmean(self.values(metric))
+
+    def std(self, metric: str) -> float:
+        values = self.values(metric)
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def entries(run: RunFolder, top: int, baselines: Sequence[str]) -> list[Entry]:
+    """The ``top`` completed trials by AP (built as the search built them) and the baselines."""
+    from optuna.trial import TrialState
+
+    config = run.load_config()
+    space = get_space(config.space, **config.space_options)
+    trials = [
+        t
+        for t in run.load_study().get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if "AP" in t.user_attrs
+    ]
+    trials.sort(key=lambda t: t.user_attrs["AP"], reverse=True)
+    found = [
+        Entry(
+            f"trial {t.number}",
+            NeckSpec(Genotype.from_dict(t.user_attrs["genotype"]), space.repeats, space.norm),
+            True,
+        )
+        for t in trials[:top]
+    ]
+    return found + [Entry(name, resolve_neck(name), False) for name in baselines]
+
+
+def run_jobs(
+    items: list[Entry],
+    seeds: Sequence[int],
+    data: ProxyData,
+    settings: ProxySettings,
+    out_dir: Path,
+    workers: int,
+    cpus: float,
+    gpus: float,
+    out: Print = print,
+) -> None:
+    """Trains every (entry, seed) not trained yet, ``workers`` at a time on Ray."""
+    import ray
+
+    from nas.trial import neck_costs
+
+    def job_dir(entry: Entry, seed: int) -> Path:
+        return out_dir / "jobs" / settings.budget / entry.label.replace(" ", "-") / f"seed{seed}"
+
+    @ray.remote
+    def train(neck: NeckSpec, seed: int, path: str, data: ProxyData, threads: int) -> dict[str, Any]:
+        import torch
+
+        from nas.train import train_proxy
+
+        torch.set_num_threads(threads)
+        metrics = train_proxy(neck, data, settings, seed=seed, out_dir=path, progress=False)
+        costs = neck_costs(neck, settings, COST_IMAGE_SIZE)
+        record = json.loads((Path(path) / "metrics.json").read_text())
+        (Path(path) / "metrics.json").write_text(json.dumps({**record, "costs": costs}, indent=2) + "\n")
+        return {**metrics, **costs}
+
+    pending = []
+    for entry in items:
+        for seed in seeds:
+            done = job_dir(entry, seed) / "metrics.json"
+            if done.is_file():
+                record = json.loads(done.read_text())
+                if "costs" in record:
+                    entry.runs.append({**record["metrics"], **record["costs"]})
+                    continue
+            pending.append((entry, seed))
+    if not pending:
+        return
+    with ray_cluster():
+        data_ref = ray.put(data)
+        threads = max(1, int(cpus))
+        remote = train.options(num_cpus=cpus, num_gpus=gpus)
+        queue, running = list(pending), {}
+        total, finished = len(pending), 0
+        out(f"compare: {total} trainings ({len(items)} necks x {len(seeds)} seeds), {workers} at a time")
+        while queue or running:
+            while queue and len(running) < workers:
+                entry, seed = queue.pop(0)
+                ref = remote.remote(entry.neck, seed, str(job_dir(entry, seed)), data_ref, threads)
+                running[ref] = (entry, seed)
+            ready, _ = ray.wait(list(running), num_returns=1)
+            entry, seed = running.pop(ready[0])
+            result = ray.get(ready[0])
+            entry.runs.append(result)
+            finished += 1
+            out(f"  [{finished}/{total}] {entry.label} seed {seed}: AP {result['AP'] * 100:.1f}")
+
+
+def verdicts(items: list[Entry]) -> list[str]:
+    """Per baseline: does the best found cell beat it beyond seed noise?"""
+    found = [e for e in items if e.found]
+    if not found:
+        return []
+    best = max(found, key=lambda e: e.mean("AP"))
+    lines = []
+    for base in (e for e in items if not e.found):
+        gain = (best.mean("AP") - base.mean("AP")) * 100
+        if len(best.runs) < 2 or len(base.runs) < 2:
+            lines.append(f"{best.label} vs {base.label}: {gain:+.1f} AP (one seed: no test possible)")
+            continue
+        if best.std("AP") == 0 and base.std("AP") == 0:
+            p = 0.0 if gain > 0 else 1.0
+        else:
+            p = float(
+                ttest_ind(best.values("AP"), base.values("AP"), equal_var=False, alternative="greater").pvalue
+            )
+        verdict = "beats it beyond seed noise" if p < ALPHA else "not beyond seed noise"
+        lines.append(
+            f"{best.label} vs {base.label}: {gain:+.1f} AP, Welch's t-test one-sided p = {p:.3f}: {verdict}"
+        )
+    return lines
+
+
+def write_results(items: list[Entry], seeds: Sequence[int], budget: str, out_dir: Path) -> str:
+    """Writes compare.md, compare.csv and compare.png; returns the markdown."""
+    header = ["neck", "AP (mean ± std)", *METRICS[1:], "params", "GFLOPs", "CPU ms"]
+    rows = []
+    for e in items:
+        label = f"{e.label} (found)" if e.found else e.label
+        rows.append(
+            [
+                label,
+                f"{e.mean('AP') * 100:.1f} ± {e.std('AP') * 100:.1f}",
+                *(f"{e.mean(m) * 100:.1f}" for m in METRICS[1:]),
+                f"{e.runs[0]['params'] / 1e6:.2f}M",
+                f"{e.runs[0]['flops'] / 1e9:.2f}",
+                f"{statistics.median(e.values('latency_ms')):.1f}",
+            ]
+        )
+    lines = [
+        f"# Comparison: budget {budget}, seeds {', '.join(map(str, seeds))}",
+        "",
+        f"AP in points; costs of the neck alone at {COST_IMAGE_SIZE}x{COST_IMAGE_SIZE}, one CPU thread.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+        "",
+        *(f"- {v}" for v in verdicts(items)),
+        "",
+        f"Test: Welch's one-sided t-test on per-seed AP, alpha {ALPHA}.",
+    ]
+    markdown = "\n".join(lines) + "\n"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "compare.md").write_text(markdown)
+    with (out_dir / "compare.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            [
+                "neck",
+                "found",
+                "seeds",
+                *(f"{m}_mean" for m in METRICS),
+                "AP_std",
+                "params",
+                "flops",
+                "latency_ms",
+            ]
+        )
+        for e in items:
+            means = [round(e.mean(m), 5) for m in METRICS]
+            latency = round(statistics.median(e.values("latency_ms")), 3)
+            writer.writerow(
+                [
+                    e.label,
+                    e.found,
+                    len(e.runs),
+                    *means,
+                    round(e.std("AP"), 5),
+                    e.runs[0]["params"],
+                    e.runs[0]["flops"],
+                    latency,
+                ]
+            )
+    _plot(items, out_dir / "compare.png")
+    return format_table([header, *rows]) + "\n" + "\n".join(verdicts(items))
+
+
+def _plot(items: list[Entry], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(items)), 3.5))
+    labels = [e.label for e in items]
+    means = [e.mean("AP") * 100 for e in items]
+    stds = [e.std("AP") * 100 for e in items]
+    colours = ["tab:orange" if e.found else "tab:blue" for e in items]
+    ax.bar(labels, means, yerr=stds, color=colours, capsize=4)
+    for k, e in enumerate(items):
+        ax.scatter([k] * len(e.runs), [v * 100 for v in e.values("AP")], color="black", s=8, zorder=3)
+    ax.set_ylabel("COCO AP (points)")
+    ax.set_title("found cells (orange) and baselines: mean ± std over seeds")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,73 @@
+"""nasfpn compare: found cells and baselines trained with one recipe and the same seeds, on Ray."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict
+from pathlib import Path
+
+import optuna
+from PIL import Image
+
+from nas.cli import main
+from nas.runs import RunFolder, SearchConfig
+from nas.train import ProxySettings
+from search_spaces import get_space
+
+
+def _run_with_one_trial(root: Path, dataset: Path, checkpoint: Path) -> RunFolder:
+    """A run folder as a search leaves it: config, and a study with one completed trial."""
+    settings = ProxySettings(budget="quick", width=32, backbone_checkpoint=str(checkpoint))
+    images = str(dataset / "images")
+    config = SearchConfig(
+        name="c",
+        proxy=asdict(settings),
+        data={
+            "train_json": str(dataset / "annotations" / "instances_train.json"),
+            "val_json": str(dataset / "annotations" / "instances_val.json"),
+            "train_images": images,
+            "val_images": images,
+        },
+    )
+    run = RunFolder(root / "c")
+    run.save_config(config)
+    study = run.open_study(config, ["maximize"], optuna.samplers.RandomSampler(seed=4))
+    trial = study.ask()
+    genotype = get_space("nasfpn").sample(trial)
+    trial.set_user_attr("genotype", genotype.to_dict())
+    trial.set_user_attr("AP", 0.5)
+    study.tell(trial, 0.5)
+    return run
+
+
+def test_compare_writes_every_file_with_every_row_filled(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    run = _run_with_one_trial(tmp_path, tiny_dataset, backbone_checkpoint)
+    args = ["compare", str(run.path), "--budget", "quick", "--seeds", "2", "--baselines", "fpn,bifpn"]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = run.path / "compare"
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [r["neck"] for r in rows] == ["trial 0", "fpn", "bifpn"]
+    assert [r["found"] for r in rows] == ["True", "False", "False"]
+    for row in rows:
+        assert row["seeds"] == "2" and all(value != "" for value in row.values())
+        assert 0.0 <= float(row["AP_mean"]) <= 1.0 and int(row["params"]) > 0
+    markdown = (out / "compare.md").read_text()
+    assert markdown.count("| trial 0 (found) |") == 1 and "| bifpn |" in markdown
+    assert "trial 0 vs fpn" in markdown and "Welch" in markdown
+    with Image.open(out / "compare.png") as image:
+        assert image.size[0] > 100 and image.size[1] > 100
+    assert "trial 0 vs bifpn" in capsys.readouterr().out
+
+    # Finished trainings are reused: a second run trains nothing.
+    mtimes = {p: p.stat().st_mtime_ns for p in out.glob("jobs/**/checkpoint.pt")}
+    assert len(mtimes) == 6
+    assert main([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("jobs/**/checkpoint.pt")} == mtimes
+
+
+def test_compare_of_an_unknown_baseline_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    assert main(["compare", "--baselines", "fpn,fpnn"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fpnn" in err
