@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.samplers import BaseSampler
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -73,3 +75,18 @@ def categorical(name: str, distribution: BaseDistribution, controller: str) -> C
             "but only categorical decisions (trial.suggest_categorical) are supported"
         )
     return distribution
+
+
+class DecisionSampler(BaseSampler):
+    """A sampler that takes a space's decisions one at a time (``sample_independent``): define-by-run
+    spaces have no joint search space to sample relative to."""
+
+    def infer_relative_search_space(
+        self, study: optuna.Study, trial: FrozenTrial
+    ) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}

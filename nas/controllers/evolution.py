@@ -23,10 +23,9 @@ from typing import Any
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.controllers.common import Reward, categorical, rewarded_trials, study_reward
+from nas.controllers.common import DecisionSampler, Reward, categorical, rewarded_trials, study_reward
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class _Plan:
     mutate: str | None  # None when the parent has no decision with more than one choice
 
 
-class RegularizedEvolutionSampler(BaseSampler):
+class RegularizedEvolutionSampler(DecisionSampler):
     """Aging evolution over categorical define-by-run decisions.
 
     Args:
@@ -66,16 +65,6 @@ class RegularizedEvolutionSampler(BaseSampler):
 
     def reseed_rng(self) -> None:
         self._rng.seed()
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         population = rewarded_trials(study, study_reward(study, self._reward))[-self.population_size :]

@@ -44,11 +44,10 @@ from typing import Any
 import optuna
 import torch
 from optuna.distributions import BaseDistribution, CategoricalDistribution
-from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 from torch import Tensor, nn
 
-from nas.controllers.common import Reward, categorical, rewarded_trials, study_reward
+from nas.controllers.common import DecisionSampler, Reward, categorical, rewarded_trials, study_reward
 
 STATE_VERSION = 1
 _LSTMState = tuple[Tensor, Tensor]
@@ -105,7 +104,7 @@ class _Replay:
     trial_index: Tensor
 
 
-class RLSampler(BaseSampler):
+class RLSampler(DecisionSampler):
     """PPO-trained LSTM controller (NAS-FPN, Ghiasi et al. 2019) over categorical decisions.
 
     Args:
@@ -163,16 +162,6 @@ class RLSampler(BaseSampler):
 
     def reseed_rng(self) -> None:
         self._generator.seed()
-
-    def infer_relative_search_space(
-        self, study: optuna.Study, trial: FrozenTrial
-    ) -> dict[str, BaseDistribution]:
-        return {}
-
-    def sample_relative(
-        self, study: optuna.Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
-    ) -> dict[str, Any]:
-        return {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.learn(study)
