@@ -5,7 +5,7 @@ PYTHON ?= python3
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint search clean
+.PHONY: install browser test lint search clean
 
 # Reinstalls whenever pyproject.toml changes. torch and its CUDA packages make the first
 # install take a few minutes and about 6 GB.
@@ -17,7 +17,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# The dashboard test drives Debian's chromium through its chromedriver: installed here, once,
+# when either is missing (apt-get as root, through sudo otherwise).
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; else \
+		echo "installing Debian's chromium and chromium-driver for the dashboard test"; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			chromium chromium-driver fonts-liberation; \
+	fi
+
+test: $(STAMP) browser
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)

@@ -36,8 +36,8 @@ from nas.necks import NeckSpec, resolve_neck
 from nas.proxy_data import prepare_proxy_data
 from nas.runs import COST_IMAGE_SIZE, RunFolder, SearchConfig
 from nas.search import run_search
-from nas.trial import neck_costs
 from nas.train import ProxySettings, train_proxy
+from nas.trial import neck_costs
 from search_spaces import get_space
 
 
@@ -95,7 +95,9 @@ def main() -> None:
     ray.shutdown()
 
     n = len(necks)
-    print(f"{n} trials each (FPN baseline + {args.trials} nasfpn cells), budget {args.budget}, one CPU a trial")
+    print(
+        f"{n} trials each (FPN baseline + {args.trials} nasfpn cells), budget {args.budget}, one CPU a trial"
+    )
     print(f"{'run':<10} {'wall s':>8} {'s/trial':>8}")
     for name, wall in (("direct", direct), ("tune x1", tune_one), ("tune x2", tune_two)):
         print(f"{name:<10} {wall:8.1f} {wall / n:8.1f}")

@@ -113,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, help="run folder (default runs/train/NECK-sSEED)")
     train.set_defaults(handler=_train)
     _add_search_commands(commands)
+    _add_export_command(commands)
+    _add_inspect_commands(commands)
     return parser
 
 
@@ -537,6 +539,110 @@ def _status(args: argparse.Namespace) -> None:
     if not run.exists():
         raise UsageError(f"{args.run}: not a search run folder (no config.json)")
     print(leaderboard(run, args.top))
+
+
+def _add_inspect_commands(commands: argparse._SubParsersAction) -> None:
+    dashboard = commands.add_parser(
+        "dashboard",
+        help="serve a search's study with optuna-dashboard (each trial's cell drawn)",
+        description="Serves runs/NAME's study with optuna-dashboard, also while the search runs. Each "
+        "trial gets its cell picture and genotype.json as artifacts and a note (written into the study).",
+    )
+    dashboard.add_argument("run", type=Path, help="the run folder, e.g. runs/search")
+    dashboard.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    dashboard.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0 picks a free one)")
+    dashboard.set_defaults(handler=_dashboard)
+
+    report = commands.add_parser("report", help="an HTML report of a search: plots, top cells, baselines")
+    report.add_argument("run", type=Path, help="the run folder, e.g. runs/search")
+    report.add_argument("--top", type=_positive, default=5, help="cells drawn (default 5; the table: twice)")
+    report.add_argument("--out", type=Path, help="folder (default RUN/report)")
+    report.set_defaults(handler=_report)
+
+
+def _port(text: str) -> int:
+    port = _at_least(0)(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0..65535)")
+    return port
+
+
+def _inspected_run(path: Path):
+    """The run folder at ``path`` with a study to read, or a UsageError."""
+    from nas.runs import RunFolder
+
+    run = RunFolder(path)
+    if not run.exists():
+        raise UsageError(f"{path}: not a search run folder (no config.json)")
+    try:
+        run.load_study()
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    except KeyError:
+        raise UsageError(f"{path}: its search has not created its study yet") from None
+    return run
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from nas.dashboard import serve
+
+    run = _inspected_run(args.run)
+    try:
+        serve(run, args.host, args.port, out=lambda line: print(line, flush=True))
+    except OSError as e:
+        raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+
+
+def _report(args: argparse.Namespace) -> None:
+    from nas.report import write_report
+
+    run = _inspected_run(args.run)
+    index = write_report(run, out=args.out, top=args.top)
+    print(f"wrote {index} (open it in a browser)")
+
+
+def _add_export_command(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser(
+        "export",
+        help="a neck as a standalone neck.py (+ genotype.json, weights.pt)",
+        description="Writes OUT/neck.py (a PyTorch module that imports only torch), OUT/genotype.json "
+        "and, for a run's trial that saved a checkpoint, OUT/weights.pt. TARGET is a run folder (its best "
+        "trial, or --trial N; built as the run built it), a fixed neck's name or a genotype file.",
+    )
+    export.add_argument("target", help="runs/NAME, a fixed neck's name or a genotype JSON file")
+    export.add_argument("--out", type=Path, required=True, help="folder to write into (made if missing)")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=_at_least(0), help="a run's trial number")
+    which.add_argument("--best", action="store_true", help="a run's best completed trial (the default)")
+    group = export.add_argument_group("build (a fixed neck or a genotype file only)")
+    group.add_argument("--in-channels", type=_widths, help="widths of C3,C4,C5 (default ResNet-50's)")
+    group.add_argument("--channels", type=_positive, help="neck width (default 256)")
+    group.add_argument("--repeats", type=_positive, help="cell repeats (default: the neck's own, a file's 1)")
+    group.add_argument("--norm", choices=("bn", "gn", "none"), help="normalisation (default: the neck's own)")
+    export.add_argument(
+        "--image-size", type=_positive, default=512, help="square image side for the FLOPs (default 512)"
+    )
+    export.add_argument("--force", action="store_true", help="overwrite an earlier export in OUT")
+    export.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from nas.export import export_command
+
+    print(
+        export_command(
+            args.target,
+            args.out,
+            trial=args.trial,
+            best=args.best,
+            in_channels=args.in_channels,
+            channels=args.channels,
+            repeats=args.repeats,
+            norm=args.norm,
+            image_size=args.image_size,
+            force=args.force,
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

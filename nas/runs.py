@@ -16,12 +16,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.train import ProxySettings
+if TYPE_CHECKING:
+    from nas.train import ProxySettings
 
 COST_IMAGE_SIZE = 512  # FLOPs and CPU latency of a neck are measured at this square input size
 
@@ -48,6 +49,8 @@ class SearchConfig:
 
     @property
     def proxy_settings(self) -> ProxySettings:
+        from nas.train import ProxySettings  # torch: status, report and dashboard do without it
+
         return ProxySettings(**self.proxy)
 
     def to_json(self) -> str:
