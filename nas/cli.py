@@ -94,13 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     synth = data_commands.add_parser("synth", help="write the embedded multi-scale dataset (COCO format)")
     synth.add_argument("--out", type=Path, default=DEFAULT_DATA, help=f"folder (default {DEFAULT_DATA})")
-    synth.add_argument("--train", type=_positive, default=1024, help="training images (default 1024)")
-    synth.add_argument("--val", type=_positive, default=256, help="validation images (default 256)")
+    synth.add_argument(
+        "--train",
+        type=_positive,
+        default=synth_module.DEFAULT_TRAIN,
+        help=f"training images (default {synth_module.DEFAULT_TRAIN})",
+    )
+    synth.add_argument(
+        "--val",
+        type=_positive,
+        default=synth_module.DEFAULT_VAL,
+        help=f"validation images (default {synth_module.DEFAULT_VAL})",
+    )
     synth.add_argument(
         "--size",
         type=_at_least(synth_module.MIN_SIZE),
-        default=128,
-        help="image side in pixels (default 128)",
+        default=synth_module.DEFAULT_SIZE,
+        help=f"image side in pixels (default {synth_module.DEFAULT_SIZE})",
     )
     synth.add_argument("--seed", type=_at_least(0), default=0, help="generator seed (default 0)")
     synth.set_defaults(handler=_data_synth)

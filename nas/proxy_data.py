@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PRETRAIN_STEPS = 800
-PRETRAIN_VERSION = 3  # bump when pretraining changes, so stale cached backbones are not reused
+PRETRAIN_VERSION = 4  # bump when pretraining changes, so stale cached backbones are not reused
 
 
 @dataclass
@@ -99,12 +99,14 @@ def _features(body: torch.nn.Module, split: ProxySplit, batch_size: int = 64) ->
 
     device = default_device()
     body.eval().to(device)
-    chunks: list[list[Tensor]] = [[], [], []]
+    levels: list[Tensor] = []
     for start in range(0, len(split), batch_size):
         images = split.images[start : start + batch_size].to(device).float().div_(255)
         for level, c in enumerate(body(normalize(images)).values()):
-            chunks[level].append(c.half().cpu())  # kept in host memory, moved per batch
-    return [torch.cat(level) for level in chunks]
+            if start == 0:  # filled in place: no second copy of the cache while it is assembled
+                levels.append(torch.empty((len(split), *c.shape[1:]), dtype=torch.float16))
+            levels[level][start : start + len(c)] = c.half().cpu()  # kept in host memory, moved per batch
+    return levels
 
 
 def _pretrained_body(
@@ -131,7 +133,7 @@ def _pretrained_body(
         model,
         data,
         pretrain,
-        Budget(PRETRAIN_STEPS, evaluations=1),
+        Budget(PRETRAIN_STEPS, evaluations=0),  # no evaluation: only the weights are kept
         seed=0,
         progress=progress,
         desc="backbone",

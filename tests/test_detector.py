@@ -22,7 +22,8 @@ def test_anchors_sit_at_cell_centres() -> None:
 
 def test_anchor_sizes_follow_image_size() -> None:
     assert anchor_sizes(800)[0][0] == 32.0  # torchvision's RetinaNet at its native size
-    assert anchor_sizes(128)[4][0] == 4 * 128 * 128 / 800
+    assert anchor_sizes(400)[0][0] == 16.0  # half the image, half the anchor
+    assert [level[0] for level in anchor_sizes(128)] == [8.0, 16.0, 32.0, 64.0, 128.0]  # never < stride
 
 
 def test_images_and_cached_features_give_the_same_detections() -> None:
