@@ -96,6 +96,8 @@ def run_jobs(
 
     from nas.trial import neck_costs
 
+    out_dir = out_dir.resolve()  # the tasks may run in another working folder
+
     def job_dir(entry: Entry, seed: int) -> Path:
         return out_dir / "jobs" / settings.budget / entry.label.replace(" ", "-") / f"seed{seed}"
 

@@ -68,6 +68,7 @@ def run_search(
     """Runs (or resumes) the search ``config`` in ``run``; ``data`` skips the data preparation."""
     start = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    run = RunFolder(run.path.resolve())  # trials run in Ray's working folders: paths must be absolute
     space = get_space(config.space, **config.space_options)
     objective = Objective(**config.objective)
     settings = config.proxy_settings

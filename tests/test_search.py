@@ -68,11 +68,18 @@ def _states_while_running(run: RunFolder) -> list[TrialState]:
 
 @pytest.mark.parametrize("controller", ["rl", "evolution", "random", "tpe"])
 def test_each_controller_runs_a_four_trial_search(
-    controller: str, ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
+    controller: str,
+    ray_cluster: str,
+    tiny_dataset: Path,
+    backbone_checkpoint: Path,
+    tmp_path: Path,
+    capsys,
+    monkeypatch,
 ) -> None:
-    args = _search_args("s", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", controller)
+    monkeypatch.chdir(tmp_path)  # a relative --runs-dir: trials write into it from Ray's own folders
+    args = _search_args("s", Path("runs"), tiny_dataset, backbone_checkpoint, "--controller", controller)
     assert main([*args, "--trials", "4", "--workers", "2"]) == 0
-    run = RunFolder(tmp_path / "s")
+    run = RunFolder(tmp_path / "runs" / "s")
     trials = _trials(run)
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     for t in trials:
