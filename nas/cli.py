@@ -658,12 +658,13 @@ def _export(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     from nas.backbone import BackboneError
     from nas.data.coco import DatasetError
+    from nas.runs import RunError
     from nas.train import TrainingError
 
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
-    except (GenotypeError, UsageError, DatasetError, BackboneError, TrainingError) as e:
+    except (GenotypeError, UsageError, DatasetError, BackboneError, TrainingError, RunError) as e:
         print(f"nasfpn: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 COST_IMAGE_SIZE = 512  # FLOPs and CPU latency of a neck are measured at this square input size
 
 
+class RunError(ValueError):
+    """A run folder that cannot be read (a broken config.json); the message names the file."""
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """What a search is: resolved once, saved in ``config.json``, reused on resume."""
@@ -95,7 +99,7 @@ class RunFolder:
         try:
             return SearchConfig.from_json(self.config_file.read_text())
         except (OSError, ValueError, TypeError) as e:
-            raise ValueError(f"{self.config_file}: not a search config ({e})") from None
+            raise RunError(f"{self.config_file}: not a search config ({e})") from None
 
     def save_config(self, config: SearchConfig) -> None:
         self.path.mkdir(parents=True, exist_ok=True)

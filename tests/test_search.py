@@ -241,3 +241,10 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
     assert search.returncode == 130, output
     assert "Resume with: nasfpn search --name c" in output and "Traceback" not in output
     assert not any(t.state == TrialState.RUNNING for t in _trials(run))
+
+
+def test_status_of_a_broken_run_folder_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    (tmp_path / "config.json").write_text("{broken")
+    assert main(["status", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config.json: not a search config" in err
