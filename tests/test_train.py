@@ -12,24 +12,10 @@ import torch
 import nas.proxy_data
 from nas.backbone import resnet_body
 from nas.data.coco import CocoDetection
-from nas.data.synth import synthesize
 from nas.evaluate import METRICS
 from nas.necks import resolve_neck
 from nas.proxy_data import prepare_proxy_data
 from nas.train import ProxySettings, evaluate, load_checkpoint, train_proxy
-
-
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return synthesize(tmp_path_factory.mktemp("data") / "shapes", train=16, val=8, size=128, seed=3)
-
-
-@pytest.fixture(scope="session")
-def backbone_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("backbone") / "resnet10.pt"
-    torch.manual_seed(0)
-    torch.save(resnet_body("resnet10").state_dict(), path)
-    return path
 
 
 def _splits(root: Path) -> tuple[CocoDetection, CocoDetection]:
