@@ -515,9 +515,7 @@ def _compare(args: argparse.Namespace) -> None:
     for name in baselines:
         resolve_neck(name)  # an unknown neck fails before any training
     if args.run is not None:
-        run = RunFolder(args.run)
-        if not run.exists():
-            raise UsageError(f"{args.run}: not a search run folder (no config.json)")
+        run = RunFolder.existing(args.run)
         if any(x is not None for x in (args.data, args.train_json, args.val_json, args.images)):
             raise UsageError("a run's comparison uses the run's data: drop the data options")
         config = run.load_config()
@@ -545,10 +543,7 @@ def _status(args: argparse.Namespace) -> None:
     from nas.leaderboard import leaderboard
     from nas.runs import RunFolder
 
-    run = RunFolder(args.run)
-    if not run.exists():
-        raise UsageError(f"{args.run}: not a search run folder (no config.json)")
-    print(leaderboard(run, args.top))
+    print(leaderboard(RunFolder.existing(args.run), args.top))
 
 
 def _add_inspect_commands(commands: argparse._SubParsersAction) -> None:
@@ -581,9 +576,7 @@ def _inspected_run(path: Path):
     """The run folder at ``path`` with a study to read, or a UsageError."""
     from nas.runs import RunFolder
 
-    run = RunFolder(path)
-    if not run.exists():
-        raise UsageError(f"{path}: not a search run folder (no config.json)")
+    run = RunFolder.existing(path)
     try:
         run.load_study()
     except ValueError as e:

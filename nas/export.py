@@ -99,9 +99,7 @@ def from_run(path: str | Path, trial: int | None = None) -> ExportSource:
     from nas.leaderboard import best_trial
     from nas.runs import RunFolder
 
-    run = RunFolder(path)
-    if not run.exists():
-        raise UsageError(f"{path}: not a search run folder (no config.json)")
+    run = RunFolder.existing(path)
     try:
         config = run.load_config()
     except ValueError as e:

@@ -78,6 +78,14 @@ class RunFolder:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    @classmethod
+    def existing(cls, path: str | Path) -> RunFolder:
+        """The run folder at ``path``; RunError if no search has written one there."""
+        run = cls(path)
+        if not run.exists():
+            raise RunError(f"{path}: not a search run folder (no config.json)")
+        return run
+
     @property
     def config_file(self) -> Path:
         return self.path / "config.json"
