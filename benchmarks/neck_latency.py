@@ -1,4 +1,5 @@
-"""CPU forward latency of every fixed neck: hand-written vs genotype-built vs a reference.
+"""CPU forward latency of every fixed neck: hand-written vs genotype-built vs a reference; the cost
+of AugFPN and RFP over FPN.
 
 What it measures: for each neck in ``fixed_necks.FIXED_NECKS``, the wall-clock time of one
 forward pass (eval mode, ``torch.inference_mode``, batch 2) of
@@ -15,6 +16,13 @@ Two settings:
   8/16/32, i.e. 64x64, 32x32, 16x16), 256 channels; fpn, fpn_maxpool, panet, bifpn, nasfpn.
 - B, "BiFPN D0": a 512x512 image, EfficientNet-B0's widths 40/112/320, 64 channels, 3 repeats.
 
+The necks without a genotype twin, AugFPN and DetectoRS' RFP, get a second table: their
+parameters and latency as ratios to FPN's (RetinaNet's P6/P7, no norm), timed in the same rounds
+in setting A. AugFPN and FPN run on the same C3..C5. RFP runs the backbone inside it (its FPN
+feeds back into the body's stages, which run twice), so it is compared fairly as body + neck:
+RFP with its ResNet-50 body against the same ResNet-50 body + FPN, both on the same images;
+the ratios then say what RFP costs on top of a plain backbone with FPN.
+
 How: threads are set to the machine's core count; every candidate is warmed up, then all
 are timed in rounds: each round runs every (setting, neck) group, and within a group its
 candidates back to back (A, B, C, then B, C, A, ... -- the order rotates so no candidate
@@ -24,7 +32,7 @@ ratios (built/hand, ours/reference), which cancels most of the drift. Before tim
 that hand-written and built modules have equal parameter counts and the same output shapes,
 and prints a warning row if not.
 
-Run (about one minute on two idle cores, two under load)::
+Run (about two minutes on two idle cores, four under load; RFP's ResNet-50 is most of it)::
 
     PYTHONPATH=. .venv/bin/python benchmarks/neck_latency.py
     PYTHONPATH=. .venv/bin/python benchmarks/neck_latency.py --rounds 30 --necks fpn,bifpn
@@ -53,6 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from fixed_necks import FIXED_NECKS
+from nas.backbone import BackboneWithNeck, resnet_body
 
 BUILT_TARGET = 1.10  # genotype-built <= 1.10 x hand-written
 REFERENCE_TARGETS = {"fpn": 1.05, "fpn_maxpool": 1.05, "bifpn": 1.00}  # ours <= target x reference
@@ -69,13 +78,15 @@ class Setting:
     out_channels: int
     necks: tuple[str, ...]
     repeats: dict[str, int] = field(default_factory=dict)  # overrides of the registry's repeats
+    family: tuple[str, ...] = ()  # necks without a genotype twin, measured against FPN
+    body: str = ""  # the backbone whose C3..C5 widths these are, for necks that run it
 
 
 @dataclass
 class Candidate:
     """A module to time and the zero-argument call that runs one forward on fixed inputs."""
 
-    name: str  # "hand" | "built" | "ref"
+    name: str  # "hand" | "built" | "ref", or "fpn" (what a family neck is compared with)
     module: nn.Module
     run: Callable[[], Any]
     times: list[float] = field(default_factory=list)
@@ -135,6 +146,8 @@ def settings(nasfpn_repeats: int) -> list[Setting]:
             256,
             ("fpn", "fpn_maxpool", "panet", "bifpn", "nasfpn"),
             {"nasfpn": nasfpn_repeats},
+            family=("augfpn", "rfp"),
+            body="resnet50",
         ),
         Setting("B", "BiFPN D0", (40, 112, 320), 64, ("bifpn",), {"bifpn": 3}),
     ]
@@ -183,7 +196,7 @@ def output_shapes(out: Any) -> list[tuple[int, ...]]:
     return [tuple(t.shape) for t in values]
 
 
-def time_groups(groups: list[Group], rounds: int, warmup: int) -> None:
+def time_groups(groups: Sequence[Group | FamilyGroup], rounds: int, warmup: int) -> None:
     """Warm-up, then ``rounds`` rounds; each round times every candidate of every group once.
 
     A group's candidates run back to back (their order rotating round by round), so a paired
@@ -302,14 +315,84 @@ def summarize(group: Group, rounds: int) -> list[Row]:
     return [row, *group.warnings]
 
 
-def markdown(rows: Sequence[Row]) -> str:
-    table = [HEADER, *(r.cells() for r in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
+@dataclass
+class FamilyGroup:
+    """A neck without a genotype twin (candidate "hand") and FPN (candidate "fpn") on the same inputs."""
+
+    neck: str
+    label: str
+    compared: str  # what the FPN side is: FPN alone, or a body + FPN
+    candidates: list[Candidate]
+    notes: list[str]
+
+
+FAMILY_HEADER = [
+    "neck",
+    "setting",
+    "compared with",
+    "params",
+    "params / FPN",
+    "ms",
+    "FPN ms",
+    "ms / FPN",
+    "notes",
+]
+
+
+def prepare_family(neck: str, setting: Setting, args: argparse.Namespace) -> FamilyGroup:
+    """``neck`` and FPN under ``setting``: on the same C3..C5 -- or, for a neck that runs the backbone
+    itself (RFP), the neck with its body against the same body + FPN, on the same images."""
+    spec, widths = FIXED_NECKS[neck], list(setting.in_channels)
+    torch.manual_seed(0)
+    fpn: nn.Module = FIXED_NECKS["fpn"].build(widths, setting.out_channels)
+    if spec.needs_images:
+        generator = torch.Generator().manual_seed(0)
+        inputs: Any = torch.randn(args.batch, 3, args.image, args.image, generator=generator)
+        ours = spec.build(widths, setting.out_channels, body=resnet_body(setting.body))
+        fpn = BackboneWithNeck(resnet_body(setting.body), fpn)
+        compared = f"{setting.body} body + fpn (RFP includes its body)"
+    else:
+        inputs = make_features(setting, args.batch, args.image)
+        ours = spec.build(widths, setting.out_channels)
+        compared = "fpn, same C3..C5"
+    ours.eval()
+    fpn.eval()
+    candidates = [Candidate("hand", ours, lambda: ours(inputs)), Candidate("fpn", fpn, lambda: fpn(inputs))]
+    group = FamilyGroup(neck, f"{setting.key} {setting.label}", compared, candidates, [])
+    with torch.inference_mode():
+        shapes = [output_shapes(c.run()) for c in candidates]
+    if shapes[0] != shapes[1]:
+        group.notes.append(f"OUTPUT SHAPES DIFFER from FPN's: {shapes[0]} vs {shapes[1]}")
+    return group
+
+
+def summarize_family(group: FamilyGroup, rounds: int) -> list[str]:
+    """The group's row of the cost-over-FPN table."""
+    ours, fpn = group.candidates
+    notes = list(group.notes)
+    if rounds >= 4:
+        notes.append("IQR " + "/".join(f"{spread(c):.0f}" for c in group.candidates) + "%")
+    return [
+        group.neck,
+        group.label,
+        group.compared,
+        human(ours.params),
+        f"{ours.params / fpn.params:.2f}",
+        ms(ours),
+        ms(fpn),
+        f"{paired_ratio(ours, fpn):.2f}",
+        "; ".join(notes),
+    ]
+
+
+def markdown(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    table = [header, *rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
 
     def fmt(cells: Sequence[str]) -> str:
         return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
 
-    return "\n".join([fmt(HEADER), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, table[1:])])
+    return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, table[1:])])
 
 
 def core_count() -> int:
@@ -375,11 +458,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         for neck in setting.necks
         if wanted is None or neck in wanted
     ]
+    family = [
+        prepare_family(neck, setting, args)
+        for setting in settings(args.nasfpn_repeats)
+        for neck in setting.family
+        if wanted is None or neck in wanted
+    ]
     with torch.inference_mode():
-        time_groups(groups, args.rounds, args.warmup)
+        time_groups([*groups, *family], args.rounds, args.warmup)
     rows = [row for g in groups for row in summarize(g, args.rounds)]
     print()
-    print(markdown(rows))
+    print(markdown(HEADER, [r.cells() for r in rows]))
+    if family:
+        print()
+        print(
+            "Cost over FPN (the same rounds): params and paired latency ratios. RFP runs its backbone "
+            "inside it, so it is counted with its body, against that body + FPN on the same images."
+        )
+        print(markdown(FAMILY_HEADER, [summarize_family(g, args.rounds) for g in family]))
     print()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; "

@@ -44,7 +44,14 @@ class FPN(nn.Module):
             self.p7 = conv_norm(out_channels, out_channels, 3, stride=2, norm=norm)
 
     def forward(self, features: Features) -> OrderedDict[str, Tensor]:
-        laterals = [lateral(c) for lateral, c in zip(self.lateral, backbone_features(features))]
+        return self.top_down(self.lateral_maps(backbone_features(features)))
+
+    def lateral_maps(self, c: list[Tensor]) -> list[Tensor]:
+        """C3..C5 -> M3..M5: the lateral 1x1 convs, each (N, out_channels, H_l, W_l)."""
+        return [lateral(x) for lateral, x in zip(self.lateral, c)]
+
+    def top_down(self, laterals: list[Tensor]) -> OrderedDict[str, Tensor]:
+        """M3..M5 -> OrderedDict P3..P7: the top-down sums, the 3x3 smoothing convs, P6 and P7."""
         inner = laterals[-1:]
         for lateral in reversed(laterals[:-1]):
             inner.insert(0, lateral + F.interpolate(inner[0], size=lateral.shape[-2:], mode="nearest"))

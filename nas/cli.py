@@ -177,7 +177,8 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
     compare.add_argument(
         "--baselines",
         default="fpn,panet,bifpn,nasfpn",
-        help="fixed necks or genotype files (default %(default)s)",
+        help="fixed necks or genotype files (default %(default)s); NECK@ROI trains NECK with RoI mode "
+        "ROI (fpn, panet, soft; --detector fasterrcnn), e.g. fpn,fpn@panet,fpn@soft,augfpn",
     )
     compare.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1 per neck (default 3)")
     compare.add_argument("--out", type=Path, help="output folder (default RUN/compare, or runs/compare)")
@@ -211,11 +212,18 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
     from nas.backbone import BACKBONES
     from nas.detector import DETECTORS
+    from nas.roi import ROI_MODES
     from nas.train import BUDGETS, ProxySettings
 
     defaults = ProxySettings()
     group = parser.add_argument_group("proxy detector")
     group.add_argument("--detector", choices=DETECTORS, default=defaults.detector)
+    group.add_argument(
+        "--roi",
+        choices=ROI_MODES,
+        help=f"Faster R-CNN's RoI features: fpn (one level by size; default {defaults.roi}), panet "
+        "(adaptive feature pooling), soft (AugFPN's soft RoI selection; augfpn's own default)",
+    )
     group.add_argument("--budget", choices=list(BUDGETS), default=defaults.budget)
     group.add_argument("--backbone", choices=list(BACKBONES), default=defaults.backbone)
     group.add_argument("--backbone-checkpoint", type=Path, help="ResNet weights (state_dict) to start from")
@@ -234,8 +242,11 @@ def proxy_settings(args: argparse.Namespace) -> ProxySettings:
     from nas.train import ProxySettings
 
     checkpoint = args.backbone_checkpoint
+    if args.roi not in (None, "fpn") and args.detector != "fasterrcnn":
+        raise UsageError("--roi applies to the two-stage detector only")
     return ProxySettings(
         detector=args.detector,
+        roi=args.roi or ProxySettings.roi,
         backbone=args.backbone,
         backbone_checkpoint=str(checkpoint) if checkpoint is not None else None,
         freeze_backbone=not args.train_backbone,
@@ -265,38 +276,49 @@ def load_datasets(args: argparse.Namespace) -> tuple[CocoDetection, CocoDetectio
 
 def _necks_list(args: argparse.Namespace) -> None:
     from fixed_necks import FIXED_NECKS
-    from nas.profile import count_flops, count_parameters, neck_inputs
+    from nas.necks import resolve_neck
+    from nas.profile import backbone_with_widths, profile_neck
 
-    inputs = neck_inputs(args.in_channels, args.image_size)
     widths = ",".join(map(str, args.in_channels))
     print(
         f"params and FLOPs at a {args.image_size}x{args.image_size} image, C3..C5 widths {widths}, "
         f"{args.channels} channels, each neck's own repeats and norm; "
-        "FLOPs count a multiply-add as 2"
+        "FLOPs count a multiply-add as 2; a neck that runs the backbone: less one backbone pass "
+        "(-: no backbone has these widths)"
     )
     rows = [("name", "repeats", "params", "GFLOPs", "paper")]
     for name, neck in FIXED_NECKS.items():
-        module = neck.build_twin(args.in_channels, args.channels)
-        params, flops = count_parameters(module), count_flops(module, inputs)
-        rows.append((name, str(neck.repeats), f"{params / 1e6:.2f}M", f"{flops / 1e9:.2f}", neck.paper))
+        params = flops = "-"
+        if not neck.needs_images or backbone_with_widths(args.in_channels) is not None:
+            cost = profile_neck(resolve_neck(name), args.in_channels, args.channels, args.image_size)
+            params, flops = f"{cost['params'] / 1e6:.2f}M", f"{cost['flops'] / 1e9:.2f}"
+        rows.append((name, str(neck.repeats), params, flops, neck.paper))
     print(format_table(rows))
 
 
 def _necks_show(args: argparse.Namespace) -> None:
     from nas.draw import draw_genotype, node_table
     from nas.necks import resolve_neck
-    from nas.profile import count_flops, count_parameters, neck_inputs
+    from nas.profile import profile_neck
 
     spec = resolve_neck(args.neck)
     genotype = spec.genotype
-    module = spec.build(args.in_channels, args.channels)
-    params = count_parameters(module)
-    flops = count_flops(module, neck_inputs(args.in_channels, args.image_size))
-    print(
-        f"{genotype.name or args.neck}: {len(genotype.nodes)} nodes, "
-        f"repeats {spec.repeats}, norm {spec.norm}; "
-        f"{params / 1e6:.2f}M params, {flops / 1e9:.2f} GFLOPs at {args.image_size}x{args.image_size}"
+    try:
+        cost = profile_neck(spec, args.in_channels, args.channels, args.image_size)
+    except ValueError as e:  # a neck that runs the backbone, at widths no backbone has
+        raise UsageError(f"--in-channels: {e}") from None
+    size = (
+        f"repeats {spec.repeats}, norm {spec.norm}; {cost['params'] / 1e6:.2f}M params, "
+        f"{cost['flops'] / 1e9:.2f} GFLOPs at {args.image_size}x{args.image_size}"
     )
+    if genotype is None:
+        assert spec.fixed is not None
+        print(f"{spec.name}: hand-written, no genotype twin (no graph to show or draw); {size}")
+        print(spec.fixed.paper)
+        if args.png is not None:
+            raise UsageError(f"--png: {spec.name} has no genotype to draw")
+        return
+    print(f"{genotype.name or args.neck}: {len(genotype.nodes)} nodes, {size}")
     print(node_table(genotype))
     if args.png is not None:
         if not args.png.parent.is_dir():
@@ -319,17 +341,21 @@ def _train(args: argparse.Namespace) -> None:
     from nas.evaluate import METRICS
     from nas.necks import resolve_neck
     from nas.proxy_data import prepare_proxy_data
-    from nas.train import train_proxy
+    from nas.train import roi_mode, train_proxy
 
     neck = resolve_neck(args.neck)  # first: a bad genotype fails before any data work
     settings = proxy_settings(args)
+    if args.roi is not None:  # an explicit --roi wins over the neck's own (AugFPN's soft)
+        neck = replace(neck, roi=args.roi)
     train, val = load_datasets(args)
-    name = neck.genotype.name or Path(args.neck).stem
+    name = neck.name or Path(args.neck).stem
     out = args.out or Path("runs") / "train" / f"{name}-s{args.seed}"
     data = prepare_proxy_data(train, val, settings, args.cache_dir)
     metrics = train_proxy(neck, data, settings, seed=args.seed, out_dir=out)
+    roi = roi_mode(neck, settings)
     print(
-        f"{name}: {settings.detector}, {settings.backbone}{'' if args.train_backbone else ' (frozen)'}, "
+        f"{name}: {settings.detector}{f' ({roi} RoI features)' if roi else ''}, "
+        f"{settings.backbone}{'' if args.train_backbone else ' (frozen)'}, "
         f"budget {settings.budget}, seed {args.seed}, {metrics['seconds']:.0f} s"
     )
     print("  ".join(f"{m} {metrics[m] * 100:5.1f}" for m in METRICS))
@@ -397,8 +423,11 @@ def _new_config(args: argparse.Namespace):
     for name in seed_with:
         from nas.necks import resolve_neck
 
+        genotype = resolve_neck(name).genotype
+        if genotype is None:
+            raise UsageError(f"--seed-with {name}: a hand-written neck without a genotype, in no space")
         try:
-            space.encode(resolve_neck(name).genotype)
+            space.encode(genotype)
         except GenotypeError as e:
             raise UsageError(f"--seed-with {name}: not a point of the {space_name} space: {e}") from None
     train, val = load_datasets(args)
@@ -505,29 +534,32 @@ def _same_as_saved(key: str, value, saved) -> bool:
 def _compare(args: argparse.Namespace) -> None:
     import torch
 
-    from nas.compare import Entry, entries, run_jobs, write_results
-    from nas.necks import resolve_neck
+    from nas.compare import baseline_entry, entries, run_jobs, write_results
     from nas.proxy_data import prepare_proxy_data
     from nas.runs import RunFolder
     from nas.search import load_splits
 
     baselines = [n.strip() for n in args.baselines.split(",") if n.strip()]
-    for name in baselines:
-        resolve_neck(name)  # an unknown neck fails before any training
     if args.run is not None:
         run = RunFolder.existing(args.run)
         if any(x is not None for x in (args.data, args.train_json, args.val_json, args.images)):
             raise UsageError("a run's comparison uses the run's data: drop the data options")
         config = run.load_config()
         settings = replace(config.proxy_settings, budget=args.budget)
-        items = entries(run, args.top, baselines)
+        try:  # an unknown neck or a bad RoI mode fails before any training
+            items = entries(run, args.top, baselines)
+        except ValueError as e:
+            raise UsageError(f"--baselines {e}") from None
         if not any(e.found for e in items):
             raise UsageError(f"{args.run}: no completed trial to compare yet")
         splits = load_splits(config)
         out_dir = args.out or run.path / "compare"
     else:
         settings = proxy_settings(args)
-        items = [Entry(name, resolve_neck(name), False) for name in baselines]
+        try:
+            items = [baseline_entry(name, settings.detector, args.roi) for name in baselines]
+        except ValueError as e:
+            raise UsageError(f"--baselines {e}") from None
         splits = load_datasets(args)
         out_dir = args.out or Path("runs") / "compare"
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
@@ -535,7 +567,7 @@ def _compare(args: argparse.Namespace) -> None:
     seeds = list(range(args.seeds))
     workers = args.workers or _default_workers(args.cpus_per_trial, gpus)
     run_jobs(items, seeds, data, settings, out_dir, workers, args.cpus_per_trial, gpus)
-    print(write_results(items, seeds, settings.budget, out_dir))
+    print(write_results(items, seeds, settings, out_dir))
     print(f"wrote {out_dir}/compare.md, compare.csv, compare.png")
 
 

@@ -92,23 +92,23 @@ class Facts:
 _CONV_NORM = {
     "bn": (
         "k x k conv with 'same' padding, then BatchNorm (the conv has no bias).",
-        "[nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout)]",
+        "[nn.Conv2d(cin, cout, k, stride, {padding}, bias=False), nn.BatchNorm2d(cout)]",
     ),
     "gn": (
         "k x k conv with 'same' padding, then GroupNorm with min(32, cout) groups (no conv bias).",
-        "[nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.GroupNorm(min(32, cout), cout)]",
+        "[nn.Conv2d(cin, cout, k, stride, {padding}, bias=False), nn.GroupNorm(min(32, cout), cout)]",
     ),
     "none": (
         "k x k conv with 'same' padding and a bias (this neck has no normalisation).",
-        "[nn.Conv2d(cin, cout, k, stride, k // 2)]",
+        "[nn.Conv2d(cin, cout, k, stride, {padding})]",
     ),
 }
 
 _HELPERS = {
     "conv_norm": '''
-def conv_norm(cin: int, cout: int, k: int, stride: int = 1) -> list[nn.Module]:
+def conv_norm(cin: int, cout: int, k: int, stride: int = 1{dilation}) -> list[nn.Module]:
     """{doc}"""
-    return {code}
+{code}
 ''',
     "up": '''
 def up(x: Tensor, size: list[int]) -> Tensor:
@@ -155,6 +155,27 @@ def swish_sepconv() -> nn.Sequential:
     """Post op (BiFPN): swish, depthwise 3x3 conv, pointwise 1x1 conv, norm."""
     depthwise = nn.Conv2d(CHANNELS, CHANNELS, 3, padding=1, groups=CHANNELS, bias=False)
     return nn.Sequential(nn.SiLU(), nn.Sequential(depthwise, *conv_norm(CHANNELS, CHANNELS, 1)))
+''',
+    "aspp": '''
+class ASPP(nn.Module):
+    """Post op (DetectoRS' ASPP): a 1x1 conv, 3x3 convs with dilations 3 and 6 (each conv, norm, ReLU)
+    and global average pooling, 1x1 conv, ReLU, broadcast back; a quarter of CHANNELS each, concatenated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        widths = [(CHANNELS + k) // 4 for k in range(4)]
+        self.branches = nn.ModuleList(
+            [nn.Sequential(*conv_norm(CHANNELS, widths[0], 1), nn.ReLU())]
+            + [
+                nn.Sequential(*conv_norm(CHANNELS, width, 3, 1, dilation), nn.ReLU())
+                for width, dilation in zip(widths[1:3], (3, 6))
+            ]
+        )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(CHANNELS, widths[3], 1), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.pool(x).expand(-1, -1, x.shape[2], x.shape[3])
+        return torch.cat([*(branch(x) for branch in self.branches), pooled], dim=1)
 ''',
     "Fusion": '''
 class Fusion(nn.Module):
@@ -219,15 +240,27 @@ _NEEDS = {
     "conv": ("conv_norm",),
     "relu_conv": ("conv_norm",),
     "swish_sepconv": ("conv_norm",),
+    "aspp": ("conv_norm",),
     "Resample": ("conv_norm",),
 }
 _ORDER = tuple(_HELPERS)
 
-_POST_FACTORY = {"conv": "conv()", "relu_conv": "relu_conv()", "swish_sepconv": "swish_sepconv()"}
+_POST_FACTORY = {
+    "conv": "conv()",
+    "relu_conv": "relu_conv()",
+    "swish_sepconv": "swish_sepconv()",
+    "aspp": "ASPP()",
+}
 _CONV_DOWN_FACTORY = {"conv": "conv_down", "relu_conv": "relu_conv_down"}
 _POOL_FUNCTION = {"max": "maxpool", "subsample": "subsample"}
 _COMBINE_LABEL = {"sum": "sum", "attention": "attention", "weighted": "weighted"}
-_POST_LABEL = {"none": "-", "conv": "conv", "relu_conv": "relu_conv", "swish_sepconv": "swish_sepconv"}
+_POST_LABEL = {
+    "none": "-",
+    "conv": "conv",
+    "relu_conv": "relu_conv",
+    "swish_sepconv": "swish_sepconv",
+    "aspp": "aspp",
+}
 _DOWN_LABEL = {"max": "max", "subsample": "subsample", "conv": "conv", "relu_conv": "relu_conv"}
 _UP_LABEL = {"nearest": "nearest"}
 _NORM_LABEL = {"bn": "BatchNorm", "gn": "GroupNorm", "none": "none"}
@@ -691,7 +724,7 @@ def generate(genotype: Genotype, build: BuildSettings, facts: Facts) -> str:
     neck.append('        return OrderedDict([("P3", p3), ("P4", p4), ("P5", p5), ("P6", p6), ("P7", p7)])')
 
     imports = ["from __future__ import annotations", "", "from collections import OrderedDict", ""]
-    if helpers & {"attention", "Fusion"}:
+    if helpers & {"attention", "Fusion", "aspp"}:
         imports.append("import torch")
     if helpers & {"up", "maxpool", "subsample", "Fusion"}:
         imports.append("import torch.nn.functional as F")
@@ -707,18 +740,25 @@ def generate(genotype: Genotype, build: BuildSettings, facts: Facts) -> str:
     body = "\n".join(parts) + "\n"
     for helper in _ORDER:
         if helper in helpers:
-            body += "\n" + _helper_text(helper, build, "Fusion" in helpers)
+            body += "\n" + _helper_text(helper, build, helpers)
     body += "".join(classes)
     body += "\n".join(neck) + "\n"
     check_source(body)
     return body
 
 
-def _helper_text(helper: str, build: BuildSettings, fusion: bool) -> str:
+def _helper_text(helper: str, build: BuildSettings, helpers: set[str]) -> str:
     text = _HELPERS[helper]
     if helper == "conv_norm":
         doc, code = _CONV_NORM[build.norm_name]
-        return text.replace("{doc}", doc).replace("{code}", code)
+        if "aspp" in helpers:  # ASPP's atrous convs: dilated, padded to keep the size
+            signature = ", dilation: int = 1"
+            padding = "    padding = dilation * (k // 2)\n"
+            body = padding + "    return " + code.replace("{padding}", "padding, dilation")
+        else:
+            signature, body = "", "    return " + code.replace("{padding}", "k // 2")
+        return text.replace("{dilation}", signature).replace("{doc}", doc).replace("{code}", body)
+    fusion = "Fusion" in helpers
     if helper == "Node":
         names = "``fusion``, ``resample``, ``post``" if fusion else "``resample``, ``post``"
         fusion_arg = "fusion: int = 0, " if fusion else ""
@@ -755,6 +795,7 @@ _NAMES = frozenset(
     self super list tuple dict str isinstance range len min int None ValueError annotations
     torch nn F Tensor OrderedDict Outputs IN_CHANNELS CHANNELS REPEATS
     conv_norm up maxpool subsample attention conv_down relu_conv_down conv relu_conv swish_sepconv
+    ASPP widths width dilation padding branches branch pool pooled zip cat expand AdaptiveAvgPool2d
     Fusion Resample Node level_sizes Cell FirstCell Neck __init__ forward
     cin cout k stride x size coarser finer num_inputs xs w out i project down resample fusion post
     depthwise sizes c size s c3 c4 c5 p3 p4 p5 p6 p7 s3 s4 s5 s6 s7 features cell _

@@ -6,6 +6,10 @@ once and shared through Ray's object store. A job whose ``metrics.json`` exists 
 an interrupted comparison resumes. Results: ``compare.md``, ``compare.csv`` and ``compare.png``
 in ``runs/NAME/compare/``.
 
+A baseline is a fixed neck or a genotype file, optionally with a RoI mode for the two-stage
+proxy: ``fpn@panet`` is FPN with PANet's adaptive feature pooling (``nas.roi``), so one comparison
+can set RoI modes side by side.
+
 Beyond seed noise: a found cell beats a baseline when Welch's one-sided t-test on the per-seed
 AP rejects "not better" at p < 0.05 (unequal variances; seeds are not paired because a seed
 fixes different initial weights for different necks).
@@ -17,20 +21,21 @@ import csv
 import json
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from scipy.stats import ttest_ind
 
-from nas.cluster import ray_cluster
+from nas.cluster import SharedObject, ray_cluster
 from nas.evaluate import METRICS
 from nas.genotype import Genotype
 from nas.necks import NeckSpec, resolve_neck
 from nas.proxy_data import ProxyData
+from nas.roi import ROI_MODES
 from nas.runs import COST_IMAGE_SIZE, RunFolder
 from nas.tables import format_table
-from nas.train import ProxySettings
+from nas.train import ProxySettings, roi_mode
 from search_spaces import get_space
 
 ALPHA = 0.05
@@ -57,8 +62,24 @@ class Entry:
         return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def baseline_entry(text: str, detector: str, roi: str | None = None) -> Entry:
+    """The baseline ``NECK`` or ``NECK@ROI`` (a RoI mode of ``nas.roi``, two-stage detector only).
+
+    Its RoI mode: the suffix, else ``roi`` (an explicit ``--roi``), else the neck's own (AugFPN's
+    soft), else the proxy's. GenotypeError for an unknown neck, ValueError for a bad suffix.
+    """
+    name, at, mode = text.partition("@")
+    if at and mode not in ROI_MODES:
+        raise ValueError(f"{text}: unknown RoI mode {mode!r} (known: {', '.join(ROI_MODES)})")
+    if at and detector != "fasterrcnn":
+        raise ValueError(f"{text}: a RoI mode applies to the two-stage detector only (--detector fasterrcnn)")
+    neck = resolve_neck(name)
+    return Entry(text, replace(neck, roi=mode or roi or neck.roi), False)
+
+
 def entries(run: RunFolder, top: int, baselines: Sequence[str]) -> list[Entry]:
-    """The ``top`` completed trials by AP (built as the search built them) and the baselines."""
+    """The ``top`` completed trials by AP (built as the search built them) and the baselines
+    (``baseline_entry``) on the run's proxy."""
     from optuna.trial import TrialState
 
     config = run.load_config()
@@ -77,7 +98,7 @@ def entries(run: RunFolder, top: int, baselines: Sequence[str]) -> list[Entry]:
         )
         for t in trials[:top]
     ]
-    return found + [Entry(name, resolve_neck(name), False) for name in baselines]
+    return found + [baseline_entry(name, config.proxy_settings.detector) for name in baselines]
 
 
 def run_jobs(
@@ -99,16 +120,21 @@ def run_jobs(
     out_dir = out_dir.resolve()  # the tasks may run in another working folder
 
     def job_dir(entry: Entry, seed: int) -> Path:
-        return out_dir / "jobs" / settings.budget / entry.label.replace(" ", "-") / f"seed{seed}"
+        # Keyed by the RoI mode too: ``augfpn`` trains with soft RoIs, or with fpn under --roi fpn.
+        roi = roi_mode(entry.neck, settings)
+        name = entry.label.replace(" ", "-").partition("@")[0] + (f"@{roi}" if roi else "")
+        return out_dir / "jobs" / settings.budget / name / f"seed{seed}"
 
     @ray.remote
-    def train(neck: NeckSpec, seed: int, path: str, data: ProxyData, threads: int) -> dict[str, Any]:
+    def train(
+        neck: NeckSpec, seed: int, path: str, data: SharedObject[ProxyData], threads: int
+    ) -> dict[str, Any]:
         import torch
 
         from nas.train import train_proxy
 
         torch.set_num_threads(threads)
-        metrics = train_proxy(neck, data, settings, seed=seed, out_dir=path, progress=False)
+        metrics = train_proxy(neck, data.get(), settings, seed=seed, out_dir=path, progress=False)
         costs = neck_costs(neck, settings, COST_IMAGE_SIZE)
         record = json.loads((Path(path) / "metrics.json").read_text())
         (Path(path) / "metrics.json").write_text(json.dumps({**record, "costs": costs}, indent=2) + "\n")
@@ -127,7 +153,7 @@ def run_jobs(
     if not pending:
         return
     with ray_cluster():
-        data_ref = ray.put(data)
+        shared = SharedObject(data)
         threads = max(1, int(cpus))
         remote = train.options(num_cpus=cpus, num_gpus=gpus)
         queue, running = list(pending), {}
@@ -136,7 +162,7 @@ def run_jobs(
         while queue or running:
             while queue and len(running) < workers:
                 entry, seed = queue.pop(0)
-                ref = remote.remote(entry.neck, seed, str(job_dir(entry, seed)), data_ref, threads)
+                ref = remote.remote(entry.neck, seed, str(job_dir(entry, seed)), shared, threads)
                 running[ref] = (entry, seed)
             ready, _ = ray.wait(list(running), num_returns=1)
             entry, seed = running.pop(ready[0])
@@ -171,15 +197,27 @@ def verdicts(items: list[Entry]) -> list[str]:
     return lines
 
 
-def write_results(items: list[Entry], seeds: Sequence[int], budget: str, out_dir: Path) -> str:
-    """Writes compare.md, compare.csv and compare.png; returns the markdown."""
-    header = ["neck", "AP (mean ± std)", *METRICS[1:], "params", "GFLOPs", "CPU ms"]
+def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySettings, out_dir: Path) -> str:
+    """Writes compare.md, compare.csv and compare.png; returns the table as printed.
+
+    With the two-stage detector the tables say each neck's RoI mode (``nas.train.roi_mode``)."""
+    two_stage = settings.detector == "fasterrcnn"
+    header = [
+        "neck",
+        *(["RoI"] if two_stage else []),
+        "AP (mean ± std)",
+        *METRICS[1:],
+        "params",
+        "GFLOPs",
+        "CPU ms",
+    ]
     rows = []
     for e in items:
         label = f"{e.label} (found)" if e.found else e.label
         rows.append(
             [
                 label,
+                *([roi_mode(e.neck, settings)] if two_stage else []),
                 f"{e.mean('AP') * 100:.1f} ± {e.std('AP') * 100:.1f}",
                 *(f"{e.mean(m) * 100:.1f}" for m in METRICS[1:]),
                 f"{e.runs[0]['params'] / 1e6:.2f}M",
@@ -188,7 +226,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], budget: str, out_dir
             ]
         )
     lines = [
-        f"# Comparison: budget {budget}, seeds {', '.join(map(str, seeds))}",
+        f"# Comparison: {settings.detector}, budget {settings.budget}, seeds {', '.join(map(str, seeds))}",
         "",
         f"AP in points; costs of the neck alone at {COST_IMAGE_SIZE}x{COST_IMAGE_SIZE}, one CPU thread.",
         "",
@@ -209,6 +247,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], budget: str, out_dir
             [
                 "neck",
                 "found",
+                "roi",
                 "seeds",
                 *(f"{m}_mean" for m in METRICS),
                 "AP_std",
@@ -224,6 +263,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], budget: str, out_dir
                 [
                     e.label,
                     e.found,
+                    roi_mode(e.neck, settings) or "-",  # RetinaNet pools no RoIs
                     len(e.runs),
                     *means,
                     round(e.std("AP"), 5),

@@ -3,23 +3,34 @@
 The detector is fed either normalised images or precomputed C3..C5 -- the latter when the
 backbone is frozen and its features are cached, so a trial trains only the neck and the heads.
 Images are square, ``image_size`` pixels (datasets letterbox them), so no resizing happens here.
+
+Two kinds of neck get more than C3..C5 -> P3..P7 from the detector:
+
+- a neck with ``takes_images = True`` (RFP) runs the backbone itself: it is given the normalised
+  images, and the detector's own body is ``nn.Identity()``;
+- a neck with Consistent Supervision (``ConsistentSupervision``: AugFPN) has, in training, its
+  lateral maps scored by the same head, its ``auxiliary_weight`` times, as losses ``aux_*``.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection import FasterRCNN, RetinaNet
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNetHead
-from torchvision.ops import MultiScaleRoIAlign, box_iou
+from torchvision.models.detection.roi_heads import fastrcnn_loss
+from torchvision.ops import box_iou
 
 from nas.backbone import BackboneWithNeck
+from nas.roi import ROI_MODES, one_level_features, pool_levels, roi_pooling
 
 DETECTORS = ("retinanet", "fasterrcnn")
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7
@@ -69,6 +80,22 @@ def anchor_sizes(image_size: int, scales_per_octave: int = 3) -> tuple[tuple[flo
     )
 
 
+@runtime_checkable
+class ConsistentSupervision(Protocol):
+    """A neck whose lateral maps are supervised too during training (AugFPN's Consistent Supervision).
+
+    ``with_laterals(features)`` returns the pyramid (OrderedDict P3..P7) and the lateral maps
+    before top-down fusion (OrderedDict ``P3``..``P5``, each the size of its level);
+    ``auxiliary_weight`` weighs their loss. ``forward`` alone gives the pyramid (inference).
+    """
+
+    auxiliary_weight: float
+
+    def with_laterals(
+        self, features: Sequence[Tensor]
+    ) -> tuple[OrderedDict[str, Tensor], OrderedDict[str, Tensor]]: ...
+
+
 class ProxyDetector(nn.Module):
     """A torchvision detector on a neck, trained and evaluated on square images.
 
@@ -79,10 +106,13 @@ class ProxyDetector(nn.Module):
         num_classes: object classes, labelled 1..num_classes (0 is background).
         image_size: side of the square input images.
         head_convs: 3x3 convs per RetinaNet head branch (torchvision: 4); fewer is cheaper.
+        roi: Faster R-CNN's RoI feature extraction (``nas.roi``): ``fpn`` (None: the default),
+            ``panet`` or ``soft``; RetinaNet has none.
 
     ``forward(inputs, targets)``: inputs are images (N, 3, S, S) in [0, 1] or the list
-    [C3, C4, C5]; targets (training) are dicts with ``boxes`` (K, 4) xyxy and ``labels`` (K,).
-    Returns the loss dict when training, else per image ``boxes``, ``scores``, ``labels``.
+    [C3, C4, C5] (images for a neck that ``takes_images``); targets (training) are dicts with
+    ``boxes`` (K, 4) xyxy and ``labels`` (K,). Returns the loss dict when training, else per
+    image ``boxes``, ``scores``, ``labels``.
     """
 
     def __init__(
@@ -93,10 +123,15 @@ class ProxyDetector(nn.Module):
         num_classes: int,
         image_size: int,
         head_convs: int = 2,
+        roi: str | None = None,
     ) -> None:
         super().__init__()
         if kind not in DETECTORS:
             raise ValueError(f"unknown detector {kind!r} (known: {', '.join(DETECTORS)})")
+        if roi is not None and roi not in ROI_MODES:
+            raise ValueError(f"unknown RoI mode {roi!r} (known: {', '.join(ROI_MODES)})")
+        if kind == "retinanet" and roi not in (None, "fpn"):
+            raise ValueError(f"RoI mode {roi!r} applies to the two-stage detector only")
         self.kind = kind
         self.image_size = image_size
         self._match_cache: dict[int, Tensor] = {}
@@ -127,18 +162,12 @@ class ProxyDetector(nn.Module):
         else:
             sizes = tuple((s[0],) for s in anchor_sizes(image_size, 1))
             anchors = CenteredAnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-            roi_pool = MultiScaleRoIAlign(
-                ["P3", "P4", "P5", "P6"],
-                output_size=7,
-                sampling_ratio=2,
-                canonical_scale=max(1, round(224 * image_size / REFERENCE_IMAGE_SIZE)),
-            )
-            width = neck.out_channels
+            canonical_scale = max(1, round(224 * image_size / REFERENCE_IMAGE_SIZE))
+            roi_pool, box_head = roi_pooling(roi or "fpn", neck.out_channels, canonical_scale)
             self.detector = FasterRCNN(
                 backbone,
                 rpn_anchor_generator=anchors,
-                box_roi_pool=roi_pool,
-                box_head=TwoMLPHead(width * 7 * 7, 256),
+                box_head=box_head,
                 box_predictor=FastRCNNPredictor(256, num_classes + 1),
                 rpn_pre_nms_top_n_train=600,
                 rpn_post_nms_top_n_train=300,
@@ -147,6 +176,9 @@ class ProxyDetector(nn.Module):
                 box_batch_size_per_image=128,
                 **common,
             )
+            # Set afterwards: FasterRCNN's constructor admits only a MultiScaleRoIAlign (the
+            # parameter-free default it makes in its place is dropped here).
+            self.detector.roi_heads.box_roi_pool = roi_pool
 
     def _matches(self, targets: list[dict[str, Tensor]], anchors: list[Tensor]) -> list[Tensor]:
         """Per image, the box each anchor is matched to (-1 background, -2 ignored).
@@ -180,6 +212,11 @@ class ProxyDetector(nn.Module):
     def neck(self) -> nn.Module:
         return self.detector.backbone.neck
 
+    @property
+    def takes_images(self) -> bool:
+        """The neck runs the backbone itself and is fed images, never cached C3..C5."""
+        return bool(getattr(self.neck, "takes_images", False))
+
     def backbone_features(self, images: Tensor) -> list[Tensor]:
         """C3..C5 of images (N, 3, S, S) in [0, 1]."""
         return list(self.body(normalize(images)).values())
@@ -187,25 +224,80 @@ class ProxyDetector(nn.Module):
     def forward(
         self, inputs: Tensor | Sequence[Tensor], targets: list[dict[str, Tensor]] | None = None
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
-        c = self.backbone_features(inputs) if isinstance(inputs, Tensor) else list(inputs)
-        features = self.neck(c)
-        n, size = c[0].shape[0], self.image_size
+        if self.takes_images:
+            assert isinstance(inputs, Tensor), "a neck that takes images is fed images"
+            neck_inputs: Tensor | list[Tensor] = normalize(inputs)
+        else:
+            neck_inputs = self.backbone_features(inputs) if isinstance(inputs, Tensor) else list(inputs)
+        laterals = None
+        if self.training and isinstance(self.neck, ConsistentSupervision):
+            features, laterals = self.neck.with_laterals(neck_inputs)
+        else:
+            features = self.neck(neck_inputs)
+        first = next(iter(features.values()))
+        n, size = first.shape[0], self.image_size
         # Only the sizes of the image list matter past the backbone.
-        images = ImageList(c[0].new_empty((n, 0, size, size)), [(size, size)] * n)
+        images = ImageList(first.new_empty((n, 0, size, size)), [(size, size)] * n)
         if self.kind == "fasterrcnn":
-            proposals, rpn_losses = self.detector.rpn(images, features, targets)
-            detections, box_losses = self.detector.roi_heads(features, proposals, images.image_sizes, targets)
-            return {**rpn_losses, **box_losses} if self.training else detections
-        return self._retinanet(images, list(features.values()), targets)
+            return self._faster_rcnn(images, features, targets, laterals)
+        return self._retinanet(images, list(features.values()), targets, laterals)
+
+    def _faster_rcnn(
+        self,
+        images: ImageList,
+        features: OrderedDict[str, Tensor],
+        targets: list[dict[str, Tensor]] | None,
+        laterals: OrderedDict[str, Tensor] | None,
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """RPN and RoI heads. In training, as torchvision's ``RoIHeads`` but with the sampled RoIs
+        kept: with ``laterals`` (Consistent Supervision) each RoI is also pooled from each lateral
+        map alone and scored by the same box head and predictor (AugFPN's Eq. 1, per level)."""
+        proposals, rpn_losses = self.detector.rpn(images, features, targets)
+        heads = self.detector.roi_heads
+        if not self.training:
+            return heads(features, proposals, images.image_sizes)[0]
+        proposals, _, labels, regression_targets = heads.select_training_samples(proposals, targets)
+
+        def box_losses(box_features: Tensor) -> tuple[Tensor, Tensor]:
+            class_logits, box_regression = heads.box_predictor(box_features)
+            return fastrcnn_loss(class_logits, box_regression, labels, regression_targets)
+
+        classifier, box_reg = box_losses(
+            heads.box_head(heads.box_roi_pool(features, proposals, images.image_sizes))
+        )
+        losses = {**rpn_losses, "loss_classifier": classifier, "loss_box_reg": box_reg}
+        if laterals is not None:
+            pooled = pool_levels(list(laterals.values()), proposals, self.image_size)
+            aux = [box_losses(one_level_features(heads.box_head, x, level)) for level, x in enumerate(pooled)]
+            weight = self.neck.auxiliary_weight
+            losses["aux_loss_classifier"] = weight * sum(c for c, _ in aux)
+            losses["aux_loss_box_reg"] = weight * sum(r for _, r in aux)
+        return losses
 
     def _retinanet(
-        self, images: ImageList, features: list[Tensor], targets: list[dict[str, Tensor]] | None
+        self,
+        images: ImageList,
+        features: list[Tensor],
+        targets: list[dict[str, Tensor]] | None,
+        laterals: OrderedDict[str, Tensor] | None,
     ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        """RetinaNet's head, anchors and loss. With ``laterals`` (Consistent Supervision, training)
+        the head also scores the lateral maps against the anchors and matches of their levels."""
         model = self.detector
         head_outputs = model.head(features)
         anchors = model.anchor_generator(images, features)
         if self.training:
-            return model.head.compute_loss(targets, head_outputs, anchors, self._matches(targets, anchors))
+            matches = self._matches(targets, anchors)
+            losses = model.head.compute_loss(targets, head_outputs, anchors, matches)
+            if laterals is not None:
+                maps = list(laterals.values())
+                # Anchors are ordered level by level: the laterals' levels come first.
+                k = model.head.classification_head.num_anchors * sum(x.shape[2] * x.shape[3] for x in maps)
+                aux = model.head.compute_loss(
+                    targets, model.head(maps), [a[:k] for a in anchors], [m[:k] for m in matches]
+                )
+                losses.update({f"aux_{name}": self.neck.auxiliary_weight * v for name, v in aux.items()})
+            return losses
         # Split the flat per-anchor outputs back into levels, as RetinaNet.forward does.
         per_level = [x.shape[2] * x.shape[3] for x in features]
         per_anchor = head_outputs["cls_logits"].shape[1] // sum(per_level)

@@ -158,7 +158,13 @@ _MIN_WIDTH = 8.0  # inches, so that the legend fits under small graphs
 _BOWS = (0.0, 0.25, -0.25, 0.45, -0.45, 0.7, -0.7, 1.0, -1.0)  # tried in order, see _route
 
 _COMBINE_LABELS = {"sum": "+", "attention": "att", "weighted": "w+"}
-_POST_LABELS = {"none": "", "conv": "conv", "relu_conv": "relu-conv", "swish_sepconv": "swish-sep"}
+_POST_LABELS = {
+    "none": "",
+    "conv": "conv",
+    "relu_conv": "relu-conv",
+    "swish_sepconv": "swish-sep",
+    "aspp": "aspp",
+}
 _EDGE_COLORS = {"up": "#4c72b0", "down": "#dd8452", "same": "#8c8c8c"}
 _INPUT_FACE, _NODE_FACE, _OUTPUT_FACE, _UNUSED_FACE = "#e9e9e9", "#e3eefa", "#cfe2f7", "#f3f3f3"
 _UNUSED_COLOR = "#c8c8c8"  # borders and edges of unused entries

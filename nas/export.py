@@ -80,6 +80,10 @@ def from_neck(
     from nas.necks import resolve_neck
 
     neck = resolve_neck(spec)  # GenotypeError: an unknown name, an unreadable or invalid file
+    if neck.genotype is None:
+        raise UsageError(
+            f"only genotype necks can be exported: {spec} is hand-written, without a genotype twin"
+        )
     build = _build_settings(
         tuple(in_channels) if in_channels is not None else (512, 1024, 2048),
         channels if channels is not None else 256,

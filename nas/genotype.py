@@ -52,6 +52,7 @@ POSTS = {
     "conv": "3x3 conv, norm",
     "relu_conv": "ReLU, 3x3 conv, norm (NAS-FPN)",
     "swish_sepconv": "swish, depthwise-separable 3x3 conv, norm (BiFPN)",
+    "aspp": "ASPP (DetectoRS): 1x1, 3x3 dilation 3, 3x3 dilation 6 and global-pool branches, concatenated",
 }
 
 

@@ -31,10 +31,12 @@ def conv_norm(
     kernel_size: int,
     stride: int = 1,
     norm: str | None = None,
+    dilation: int = 1,
 ) -> nn.Sequential:
-    """kxk conv ('same' padding) then norm; the conv has a bias only when there is no norm."""
+    """kxk conv ('same' padding, any dilation) then norm; the conv has a bias only when there is no norm."""
     layer = norm_layer(norm, out_channels)
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, kernel_size // 2, bias=layer is None)
+    padding = dilation * (kernel_size // 2)
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, bias=layer is None)
     return nn.Sequential(conv, layer) if layer is not None else nn.Sequential(conv)
 
 
@@ -50,6 +52,39 @@ class SeparableConv(nn.Sequential):
         super().__init__(*layers, *([layer] if layer is not None else []))
 
 
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling as DetectoRS uses it (Qiao, Chen & Yuille 2021, "DetectoRS:
+    Detecting Objects with Recursive Feature Pyramid and Switchable Atrous Convolution", Sec. 3.1).
+
+    Four parallel branches, each to a quarter of ``out_channels``: a 1x1 conv, a 3x3 conv with
+    dilation 3, a 3x3 conv with dilation 6 (each conv, norm, ReLU), and global average pooling
+    then a 1x1 conv and ReLU, broadcast back over the map. The four are concatenated along the
+    channels and that is the output: as in DetectoRS, and unlike DeepLab's ASPP, no conv fuses
+    them afterwards. The pooling branch has no norm (a 1x1 map carries no batch statistics worth
+    normalising). A width that is not a multiple of 4 is split as evenly as it goes.
+
+    Shapes: x (N, in_channels, H, W) -> (N, out_channels, H, W).
+    """
+
+    DILATIONS = (3, 6)  # of the two 3x3 branches; the 1x1 branch has none
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str | None = None) -> None:
+        super().__init__()
+        widths = [(out_channels + k) // 4 for k in range(4)]  # sums to out_channels
+        self.branches = nn.ModuleList(
+            [nn.Sequential(*conv_norm(in_channels, widths[0], 1, norm=norm), nn.ReLU())]
+            + [
+                nn.Sequential(*conv_norm(in_channels, width, 3, norm=norm, dilation=dilation), nn.ReLU())
+                for width, dilation in zip(widths[1:3], self.DILATIONS)
+            ]
+        )
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(in_channels, widths[3], 1), nn.ReLU())
+
+    def forward(self, x: Tensor) -> Tensor:
+        pooled = self.pool(x).expand(-1, -1, x.shape[2], x.shape[3])
+        return torch.cat([*(branch(x) for branch in self.branches), pooled], dim=1)
+
+
 def post_op(kind: str, channels: int, norm: str | None) -> nn.Module | None:
     """What follows a combine (``nas.genotype.POSTS``); None for ``none``."""
     if kind == "none":
@@ -60,6 +95,8 @@ def post_op(kind: str, channels: int, norm: str | None) -> nn.Module | None:
         return nn.Sequential(nn.ReLU(), *conv_norm(channels, channels, 3, norm=norm))
     if kind == "swish_sepconv":
         return nn.Sequential(nn.SiLU(), SeparableConv(channels, norm))
+    if kind == "aspp":
+        return ASPP(channels, channels, norm)
     raise ValueError(f"unknown post op {kind!r}")
 
 

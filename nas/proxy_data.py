@@ -43,9 +43,12 @@ class ProxyData:
     body_state: dict[str, Tensor]
     features: dict[str, list[Tensor]] | None = None  # split -> [C3, C4, C5], float16
 
-    def inputs(self, split: str, index: Tensor, device: torch.device | None = None) -> Tensor | list[Tensor]:
-        """The detector's inputs for images ``index``: cached C3..C5, or images in [0, 1]."""
-        if self.features is not None:
+    def inputs(
+        self, split: str, index: Tensor, device: torch.device | None = None, images: bool = False
+    ) -> Tensor | list[Tensor]:
+        """The detector's inputs for images ``index``: cached C3..C5, or images in [0, 1] -- always
+        with ``images`` (a neck that runs the backbone itself)."""
+        if self.features is not None and not images:
             return [c[index].to(device).float() for c in self.features[split]]
         return getattr(self, split).images[index].to(device).float().div_(255)
 
@@ -126,7 +129,7 @@ def _pretrained_body(
         PRETRAIN_STEPS,
     )
     fpn = FIXED_NECKS["fpn"]
-    pretrain = replace(settings, freeze_backbone=False)
+    pretrain = replace(settings, freeze_backbone=False, roi="fpn")  # one backbone whatever the RoI mode
     data.body_state = resnet_body(settings.backbone).state_dict()
     model = build_proxy_model(NeckSpec(fpn.genotype, fpn.repeats, fpn.norm), data, pretrain)
     fit(

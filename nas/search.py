@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nas.cluster import ray_cluster
+from nas.cluster import SharedObject, ray_cluster
 from nas.controllers import RLSampler, make_controller
 from nas.data.coco import CocoDetection
 from nas.live_view import LiveView
@@ -170,7 +170,7 @@ def _tune(
             else FIFOScheduler()
         )
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, data=data, settings=config.proxy_settings),
+            tune.with_parameters(run_trial, data=SharedObject(data), settings=config.proxy_settings),
             {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
         )
         tuner = tune.Tuner(
@@ -180,6 +180,8 @@ def _tune(
                 scheduler=scheduler,
                 num_samples=samples,
                 max_concurrent_trials=config.workers,
+                # A worker process keeps torch imported and the data fetched for its next trial.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name="tune",

@@ -3,7 +3,9 @@
 ``train_proxy`` is the unit of work of every search trial and of ``nasfpn train``; it calls
 ``report(step, metrics)`` after each evaluation (for early stopping) and returns the final
 metrics. With ``freeze_backbone`` (the default) the backbone's C3..C5 are computed once per
-dataset (``nas.proxy_data``) and a step trains only the neck and the heads.
+dataset (``nas.proxy_data``) and a step trains only the neck and the heads. A neck that runs the
+backbone itself (``NeckSpec.needs_images``: RFP) is built around a body with the proxy's
+backbone weights -- frozen by the neck when ``freeze_backbone`` -- and fed images.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class ProxySettings:
     width: int = 64
     head_convs: int = 2
     budget: str = "default"
+    roi: str = "fpn"  # Faster R-CNN's RoI features (nas.roi.ROI_MODES); a neck's own ``roi`` wins
     lr: float = 1e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 50
@@ -86,7 +89,7 @@ def train_proxy(
     model = build_proxy_model(neck, data, settings)
     writer = _writer(out_dir)
     start = time.perf_counter()
-    metrics = fit(model, data, settings, budget, seed, report, writer, progress, neck.genotype.name)
+    metrics = fit(model, data, settings, budget, seed, report, writer, progress, neck.name)
     result = {
         **metrics,
         "steps": budget.steps,
@@ -130,7 +133,8 @@ def fit(
     model.to(device).train()
     for step in range(1, budget.steps + 1):
         index = next(batches)
-        losses = model(data.inputs("train", index, device), data.targets(index, device))
+        inputs = data.inputs("train", index, device, images=model.takes_images)
+        losses = model(inputs, data.targets(index, device))
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise TrainingError(f"loss became {loss.item()} at step {step} of {budget.steps}")
@@ -156,16 +160,35 @@ def fit(
     return metrics
 
 
+def roi_mode(neck: NeckSpec, settings: ProxySettings) -> str | None:
+    """Faster R-CNN's RoI feature extraction for ``neck``: the neck's own (AugFPN's ``soft``, a
+    compare entry's ``@mode``) or else the proxy's; None for RetinaNet, which has none."""
+    if settings.detector != "fasterrcnn":
+        return None
+    return neck.roi or settings.roi
+
+
 def build_proxy_model(neck: NeckSpec, data: ProxyData, settings: ProxySettings) -> ProxyDetector:
-    """The proxy detector for ``neck``: a frozen-and-cached backbone is left out (identity)."""
-    if settings.freeze_backbone:
-        body: nn.Module = nn.Identity()
-    else:
+    """The proxy detector for ``neck``: a frozen-and-cached backbone is left out (identity); a neck
+    that needs images gets the body instead, frozen by the neck when the backbone is."""
+    widths = backbone_widths(settings.backbone)
+    body: nn.Module = nn.Identity()
+    if neck.needs_images or not settings.freeze_backbone:
         body = resnet_body(settings.backbone)
         body.load_state_dict(data.body_state)
-    neck_module = neck.build(backbone_widths(settings.backbone), settings.width)
+    if neck.needs_images:
+        neck_module = neck.build(widths, settings.width, body=body, freeze_body=settings.freeze_backbone)
+        body = nn.Identity()
+    else:
+        neck_module = neck.build(widths, settings.width)
     return ProxyDetector(
-        settings.detector, body, neck_module, data.num_classes, settings.image_size, settings.head_convs
+        settings.detector,
+        body,
+        neck_module,
+        data.num_classes,
+        settings.image_size,
+        settings.head_convs,
+        roi_mode(neck, settings),
     )
 
 
@@ -178,7 +201,8 @@ def evaluate(model: ProxyDetector, data: ProxyData, batch_size: int = 32) -> dic
     split, results = data.val, []
     for start in range(0, len(split), batch_size):
         index = torch.arange(start, min(start + batch_size, len(split)))
-        for i, detections in zip(index.tolist(), model(data.inputs("val", index, device))):
+        inputs = data.inputs("val", index, device, images=model.takes_images)
+        for i, detections in zip(index.tolist(), model(inputs)):
             results.extend(
                 coco_results(detections, split.scales[i].item(), split.image_ids[i], split.category_ids)
             )
@@ -238,6 +262,14 @@ def _writer(out_dir: str | Path | None):
 def _save(out: Path, model: nn.Module, neck: NeckSpec, settings: ProxySettings, result: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "checkpoint.pt")
-    neck.genotype.save(out / "genotype.json")
-    record = {"metrics": result, "settings": asdict(settings), "repeats": neck.repeats, "norm": neck.norm}
+    if neck.genotype is not None:  # a hand-written neck without a twin has none to save
+        neck.genotype.save(out / "genotype.json")
+    record = {
+        "metrics": result,
+        "settings": asdict(settings),
+        "neck": neck.name,
+        "roi": roi_mode(neck, settings),
+        "repeats": neck.repeats,
+        "norm": neck.norm,
+    }
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")

@@ -18,31 +18,27 @@ import torch
 from ray import tune
 
 from nas.backbone import backbone_widths
+from nas.cluster import SharedObject
 from nas.genotype import Genotype
 from nas.necks import NeckSpec
-from nas.profile import count_flops, count_parameters, measure_latency, neck_inputs
+from nas.profile import profile_neck
 from nas.proxy_data import ProxyData
 from nas.train import ProxySettings, train_proxy
 
 
 def neck_costs(neck: NeckSpec, settings: ProxySettings, image_size: int) -> dict[str, float]:
-    """Parameters, FLOPs and single-thread CPU latency (ms) of the neck alone at ``image_size``."""
-    module = neck.build(backbone_widths(settings.backbone), settings.width)
-    inputs = neck_inputs(backbone_widths(settings.backbone), image_size)
+    """Parameters, FLOPs and single-thread CPU latency (ms) of the neck alone at ``image_size``
+    (``nas.profile.profile_neck``: a neck that runs the backbone, less a plain backbone pass)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: comparable while other trials share the machine
     try:
-        latency = measure_latency(module, inputs)
+        widths = backbone_widths(settings.backbone)
+        return profile_neck(neck, widths, settings.width, image_size, settings.backbone, latency=True)
     finally:
         torch.set_num_threads(threads)
-    return {
-        "params": count_parameters(module),
-        "flops": count_flops(module, inputs),
-        "latency_ms": round(latency, 3),
-    }
 
 
-def run_trial(config: dict[str, Any], data: ProxyData, settings: ProxySettings) -> None:
+def run_trial(config: dict[str, Any], data: SharedObject[ProxyData], settings: ProxySettings) -> None:
     """Tune's function trainable. ``config``: ``genotype`` (dict), ``repeats``, ``norm``,
     ``seed``, ``out_dir``, ``threads``, ``cost_image_size``."""
     torch.set_num_threads(config["threads"])
@@ -61,7 +57,9 @@ def run_trial(config: dict[str, Any], data: ProxyData, settings: ProxySettings) 
         neck = NeckSpec(genotype, config["repeats"], config["norm"])
         costs.update(neck_costs(neck, settings, config["cost_image_size"]))
         out = Path(config["out_dir"])
-        train_proxy(neck, data, settings, seed=config["seed"], out_dir=out, report=report, progress=False)
+        train_proxy(
+            neck, data.get(), settings, seed=config["seed"], out_dir=out, report=report, progress=False
+        )
         record = json.loads((out / "metrics.json").read_text())
         (out / "metrics.json").write_text(json.dumps({**record, "costs": costs}, indent=2) + "\n")
     except Exception as e:  # noqa: BLE001 -- any failure is the trial's outcome, recorded with its reason

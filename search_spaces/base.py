@@ -196,7 +196,7 @@ def entry_name(index: int) -> str:
 
 
 COMBINE_NAMES = {"sum": "sum", "attention": "att", "weighted": "wsum"}
-POST_NAMES = {"conv": "conv", "relu_conv": "rconv", "swish_sepconv": "sep"}
+POST_NAMES = {"conv": "conv", "relu_conv": "rconv", "swish_sepconv": "sep", "aspp": "aspp"}
 
 
 def _node_text(target: str, node: Node, levels: Sequence[int]) -> str:

@@ -23,14 +23,15 @@ then for node e = 5, 6, ... (the pool entry it makes):
   inputs are all one level below the node; ``node{e}_down_far``: ``max`` | ``subsample``
   (the conv ops span one level only) when one is further below; neither when no input is
   finer (``down`` is then ``max``).
-- ``node{e}_post``: ``none`` | ``conv`` | ``swish_sepconv``.
+- ``node{e}_post``: ``none`` | ``conv`` | ``swish_sepconv`` | ``aspp`` (DetectoRS' atrous
+  spatial pyramid pooling, ``nas.ops.ASPP``).
 
 Upsampling is nearest; nodes never absorb. The outputs are the last node at each level (FPN,
 PANet and BiFPN all follow that rule). Nodes that reach no output stay in the genotype and
 are not built. Size: a node at pool entry e reads from R = e - 2 (``none``) or e (``maxpool``)
-entries, so it has 5 levels x (R + 3R(R-1) + 2R(R-1)(R-2)) input/combine choices x 3 posts
+entries, so it has 5 levels x (R + 3R(R-1) + 2R(R-1)(R-2)) input/combine choices x 4 posts
 x 1 to 4 downsamplings; summed over the node counts (Monte-Carlo estimate) that is about
-1e77 decision records, each one genotype, for the default 16 nodes, 1e35 for 8, 3e17 for 5.
+1e79 decision records, each one genotype, for the default 16 nodes, 1e36 for 8, 1e18 for 5.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ COMBINES = {  # choice -> (combine, number of inputs)
 }
 NEAR_DOWNS = ("max", "subsample", "conv", "relu_conv")
 FAR_DOWNS = ("max", "subsample")
-POSTS = ("none", "conv", "swish_sepconv")
+POSTS = ("none", "conv", "swish_sepconv", "aspp")
 
 
 class FusionSpace(SearchSpace):

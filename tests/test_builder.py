@@ -1,4 +1,4 @@
-"""The builder: input forms and sizes, pruning, torch.export, torchvision detectors."""
+"""The builder: input forms and sizes, pruning, torch.export, torchvision detectors, the ASPP op."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ from torchvision.ops import MultiScaleRoIAlign
 from fixed_necks import FIXED_NECKS
 from nas.backbone import BackboneWithNeck, resnet_body
 from nas.builder import build_neck
-from nas.genotype import Genotype, Node
+from nas.genotype import Genotype, GenotypeError, Node
+from nas.ops import ASPP, post_op
 from nas.profile import count_parameters, neck_inputs
+
+# The necks with a genotype twin (AugFPN and RFP have none).
+TWINS = [name for name, neck in FIXED_NECKS.items() if neck.make_genotype is not None]
 
 WIDTHS = (32, 64, 128)
 
@@ -105,7 +109,7 @@ def _targets(image_size: int) -> tuple[list[torch.Tensor], list[dict]]:
 
 
 @pytest.mark.parametrize("image_size", [128, 160])
-@pytest.mark.parametrize("name", list(FIXED_NECKS))
+@pytest.mark.parametrize("name", TWINS)
 def test_every_neck_trains_a_step_in_retinanet(name: str, image_size: int) -> None:
     torch.manual_seed(0)
     model = _detector("retinanet", name, image_size).train()
@@ -144,3 +148,56 @@ def test_only_the_extra_levels_in_use_are_built() -> None:
     assert list(neck.extra_levels) == ["4"]
     out = neck.eval()(neck_inputs(WIDTHS, 128))
     assert out["P7"].shape[-1] == 1
+
+
+def test_aspp_branches_see_their_dilations_and_the_whole_map() -> None:
+    """An impulse through all-ones weights: the 1x1 branch answers at the impulse, the dilated
+    branches on their 3x3 grids of spacing 3 and 6, the pooling branch everywhere alike."""
+    aspp = ASPP(1, 8, norm=None)
+    with torch.no_grad():
+        for name, p in aspp.named_parameters():
+            p.fill_(1.0 if name.endswith("weight") else 0.0)
+    x = torch.zeros(1, 1, 21, 21)
+    x[0, 0, 10, 10] = 1.0
+    out = aspp(x)
+    assert out.shape == (1, 8, 21, 21)
+    for k, spacing in enumerate((0, 3, 6)):  # two channels a branch
+        offsets = (0,) if spacing == 0 else (-spacing, 0, spacing)
+        support = {(10 + dy, 10 + dx) for dy in offsets for dx in offsets}
+        for channel in (2 * k, 2 * k + 1):
+            assert {tuple(i) for i in out[0, channel].nonzero().tolist()} == support, (k, channel)
+    torch.testing.assert_close(out[0, 6:], torch.full((2, 21, 21), 1 / 21**2))
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn", None])
+def test_aspp_post_op_keeps_the_width_and_every_branch_learns(norm: str | None) -> None:
+    torch.manual_seed(0)
+    aspp = post_op("aspp", 30, norm)  # 30 = 7 + 7 + 8 + 8: a width that is no multiple of 4
+    assert isinstance(aspp, ASPP)
+    x = torch.randn(2, 30, 9, 7)
+    out = aspp(x)
+    assert out.shape == (2, 30, 9, 7)
+    out.square().sum().backward()
+    convs = [branch[0] for branch in aspp.branches] + [aspp.pool[1]]
+    assert [c.out_channels for c in convs] == [7, 7, 8, 8]
+    assert [c.dilation for c in convs] == [(1, 1), (3, 3), (6, 6), (1, 1)]
+    for conv in convs:
+        assert conv.weight.grad is not None and conv.weight.grad.abs().sum() > 0
+
+
+def test_a_genotype_with_aspp_builds_and_an_unknown_post_names_the_node() -> None:
+    fpn = FIXED_NECKS["fpn"].genotype
+    nodes = [
+        Node(n.level, n.inputs, n.combine, "aspp" if n.post == "conv" else n.post, n.up, n.down)
+        for n in fpn.nodes
+    ]
+    neck = build_neck(Genotype.create(nodes, fpn.outputs), WIDTHS, 16, norm="bn").eval()
+    assert sum(isinstance(m, ASPP) for m in neck.modules()) == 3  # FPN's three output convs
+    with torch.no_grad():
+        out = neck(neck_inputs(WIDTHS, 64))
+    assert [tuple(p.shape) for p in out.values()] == [(1, 16, s, s) for s in (8, 4, 2, 1, 1)]
+    nodes[5] = Node(level=3, inputs=(9,), post="apsp")
+    with pytest.raises(
+        GenotypeError, match=r"^node 10: unknown post op 'apsp' \(known: .*swish_sepconv, aspp\)$"
+    ):
+        Genotype.create(nodes, fpn.outputs)

@@ -71,3 +71,22 @@ def test_compare_of_an_unknown_baseline_is_a_one_line_error(tmp_path: Path, caps
     assert main(["compare", "--baselines", "fpn,fpnn"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "fpnn" in err
+
+
+def test_two_stage_compare_sets_roi_modes_side_by_side(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--baselines", "fpn,fpn@soft,augfpn", "--detector", "fasterrcnn", "--seeds", "1"]
+    data = ["--data", str(tiny_dataset), "--backbone-checkpoint", str(backbone_checkpoint)]
+    proxy = ["--budget", "quick", "--width", "16", "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]
+    assert main([*args, *data, *proxy]) == 0
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [(r["neck"], r["roi"]) for r in rows] == [("fpn", "fpn"), ("fpn@soft", "soft"), ("augfpn", "soft")]
+    assert all(0.0 <= float(r["AP_mean"]) <= 1.0 and int(r["params"]) > 0 for r in rows)
+    markdown = (out / "compare.md").read_text()
+    assert "| RoI |" in markdown and "| fpn@soft | soft |" in markdown and "| augfpn | soft |" in markdown
+    assert "fpn@soft" in capsys.readouterr().out
+    # Trainings are kept per RoI mode: an explicit --roi fpn would not reuse augfpn's soft ones.
+    jobs = {p.parent.parent.name for p in out.glob("jobs/quick/*/seed0/metrics.json")}
+    assert jobs == {"fpn@fpn", "fpn@soft", "augfpn@soft"}

@@ -39,13 +39,7 @@ LEVELS = ["P3", "P4", "P5", "P6", "P7"]
 IMAGE = 96  # C3..C5 at 12, 6, 3; P6, P7 at 2, 1
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster, and immune to a busy sibling core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomize(module: torch.nn.Module, seed: int = 0) -> None:
@@ -82,6 +76,16 @@ def edge_genotype() -> Genotype:
     )
 
 
+def aspp_genotype() -> Genotype:
+    """A point of the fusion space: BiFPN with DetectoRS' ASPP as the post op of every third node."""
+    bifpn = FIXED_NECKS["bifpn"].genotype
+    nodes = [
+        Node(n.level, n.inputs, n.combine, "aspp" if i % 3 == 0 else n.post)
+        for i, n in enumerate(bifpn.nodes)
+    ]
+    return Genotype.create(nodes, bifpn.outputs, bifpn.extra_levels, name="bifpn_aspp")
+
+
 def sampled(space_name: str, count: int, seed: int) -> list[Genotype]:
     space = get_space(space_name)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -111,6 +115,8 @@ def cases() -> dict[str, tuple[Genotype, BuildSettings]]:
         "fusion_random1": (fusion[1], BuildSettings((24, 40, 56), 16, 1, "none")),
         "edge_same_widths": (edge_genotype(), BuildSettings((16, 16, 16), 16, 2, "bn")),
         "edge": (edge_genotype(), BuildSettings((24, 40, 56), 16, 2, "gn")),
+        "fusion_aspp": (aspp_genotype(), BuildSettings((24, 40, 56), 30, 2, "bn")),  # 30 = 7+7+8+8
+        "fusion_aspp_no_norm": (aspp_genotype(), BuildSettings(PROXY, 16, 1, None)),
     }
 
 
@@ -338,6 +344,9 @@ def test_forward_is_one_statement_per_node(exported: dict[str, Exported]) -> Non
         assert "parameters" in docstring and "GFLOPs" in docstring and "RetinaNet" in docstring
     nasfpn = (exported["nasfpn"].out / "neck.py").read_text()
     assert "attention(" in nasfpn and "Fusion" not in nasfpn and "swish" not in nasfpn  # only what it uses
+    assert "ASPP" not in nasfpn and "dilation" not in nasfpn
+    aspp = (exported["fusion_aspp"].out / "neck.py").read_text()
+    assert aspp.count("post=ASPP()") == 2 * 3 and "dilation: int = 1" in aspp  # FirstCell and Cell
     assert "    9      P5     7, 8 +2  attention  max   -        relu_conv  P5" in nasfpn  # the node table
 
 

@@ -9,8 +9,11 @@ import pytest
 from fixed_necks import FIXED_NECKS
 from nas.genotype import Genotype, GenotypeError, Node, load_genotype
 
+# The necks with a genotype twin (AugFPN and RFP have none).
+TWINS = [name for name, neck in FIXED_NECKS.items() if neck.make_genotype is not None]
 
-@pytest.mark.parametrize("name", list(FIXED_NECKS))
+
+@pytest.mark.parametrize("name", TWINS)
 def test_json_round_trip(name: str, tmp_path) -> None:
     genotype = FIXED_NECKS[name].genotype
     assert Genotype.from_json(genotype.to_json()) == genotype

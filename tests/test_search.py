@@ -234,7 +234,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
     run = RunFolder(tmp_path / "c")
     deadline = time.monotonic() + 240
     while TrialState.COMPLETE not in _states_while_running(run):
-        assert search.poll() is None and time.monotonic() < deadline
+        assert search.poll() is None and time.monotonic() < deadline, search.communicate()[0][-4000:]
         time.sleep(0.3)
     search.send_signal(signal.SIGINT)
     output, _ = search.communicate(timeout=120)

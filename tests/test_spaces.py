@@ -59,6 +59,22 @@ def test_published_necks_are_points(space_name: str, make: Callable[[], Genotype
     assert space.encode(decoded) == decisions
 
 
+def test_fusion_offers_aspp_as_a_post_op() -> None:
+    """BiFPN with DetectoRS' ASPP after every other node is a point of the space, and builds."""
+    bifpn = bifpn_genotype()
+    nodes = [dataclasses.replace(n, post="aspp") if i % 2 else n for i, n in enumerate(bifpn.nodes)]
+    genotype = Genotype.create(nodes, bifpn.outputs, bifpn.extra_levels)
+    space = FusionSpace()
+    decisions = space.encode(genotype)
+    assert [v for k, v in decisions.items() if k.endswith("_post")].count("aspp") == len(nodes) // 2
+    assert space.sample(FixedTrial(decisions)) == genotype
+    assert ">aspp" in space.summary(genotype)
+    neck = GenotypeNeck(genotype, [16, 32, 64], 16, norm="bn").eval()
+    with torch.no_grad():
+        out = neck([torch.randn(1, 16, 8, 8), torch.randn(1, 32, 4, 4), torch.randn(1, 64, 2, 2)])
+    assert [tuple(x.shape) for x in out.values()] == [(1, 16, s, s) for s in (8, 4, 2, 1, 1)]
+
+
 def test_nasfpn_encoding_keeps_the_published_input_order() -> None:
     space = NasFpnSpace()
     decisions = space.encode(nasfpn_genotype())

@@ -8,14 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 import nas.proxy_data
-from nas.backbone import resnet_body
+from fixed_necks import FIXED_NECKS, FixedNeck
+from fixed_necks.fpn import FPN
+from nas.backbone import backbone_widths, resnet_body
 from nas.data.coco import CocoDetection
 from nas.evaluate import METRICS
 from nas.necks import resolve_neck
 from nas.proxy_data import prepare_proxy_data
-from nas.train import ProxySettings, evaluate, load_checkpoint, train_proxy
+from nas.train import Budget, ProxySettings, build_proxy_model, evaluate, fit, load_checkpoint, train_proxy
 
 
 def _splits(root: Path) -> tuple[CocoDetection, CocoDetection]:
@@ -80,6 +83,54 @@ def test_trained_backbone_mode_feeds_images(tiny_dataset: Path, backbone_checkpo
     assert data.features is None
     metrics = train_proxy(resolve_neck("fpn"), data, settings, seed=0, progress=False)
     assert 0.0 <= metrics["AP"] <= 1.0
+
+
+class ImageFedFPN(nn.Module):
+    """A stand-in for a neck that runs the backbone itself (RFP): the body, then an FPN."""
+
+    takes_images = True
+
+    def __init__(
+        self, in_channels: list[int], out_channels: int, body: nn.Module, freeze_body: bool, norm: None
+    ) -> None:
+        super().__init__()
+        self.body, self.fpn, self.out_channels = body, FPN(in_channels, out_channels), out_channels
+        self.freeze_body = freeze_body
+        self.body.requires_grad_(not freeze_body)
+        self.seen: list[tuple[int, ...]] = []
+
+    def train(self, mode: bool = True) -> ImageFedFPN:
+        super().train(mode)
+        if self.freeze_body:
+            self.body.eval()
+        return self
+
+    def forward(self, images: torch.Tensor):
+        self.seen.append(tuple(images.shape))
+        return self.fpn(list(self.body(images).values()))
+
+
+def test_a_neck_that_takes_images_gets_the_frozen_body_and_images(
+    tiny_dataset: Path, backbone_checkpoint: Path, monkeypatch
+) -> None:
+    from nas.trial import neck_costs
+
+    monkeypatch.setitem(FIXED_NECKS, "imagefed", FixedNeck("imagefed", "test", ImageFedFPN, None, norm=None))
+    settings = _settings(backbone_checkpoint)  # frozen: C3..C5 are cached for the other necks
+    data = prepare_proxy_data(*_splits(tiny_dataset), settings, progress=False)
+    assert data.features is not None
+    neck = resolve_neck("imagefed")
+    model = build_proxy_model(neck, data, settings)
+    assert neck.needs_images and model.takes_images and isinstance(model.body, nn.Identity)
+    body = model.neck.body
+    assert not any(p.requires_grad for p in body.parameters())
+    assert all(torch.equal(v, data.body_state[k]) for k, v in body.state_dict().items())
+    fit(model, data, settings, Budget(steps=2, evaluations=1, batch_size=4), progress=False)
+    assert model.neck.seen[0] == (4, 3, 128, 128)  # images, not C3..C5; then the validation's
+    assert all(torch.equal(v, data.body_state[k]) for k, v in body.state_dict().items())  # BN stats too
+    # Its costs are the neck's alone: the body's parameters are not counted.
+    fpn_params = sum(p.numel() for p in FPN(backbone_widths(settings.backbone), settings.width).parameters())
+    assert neck_costs(neck, settings, 64)["params"] == fpn_params
 
 
 def test_letterbox_keeps_aspect_and_maps_boxes_back(tmp_path: Path) -> None:
