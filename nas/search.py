@@ -10,6 +10,7 @@ cleanly: finished trials are in the study; running ones are rerun by the next
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -161,10 +162,19 @@ def _tune(
 
     from nas.trial import run_trial
 
+    # Tune's newer console output prints its own experiment box and paths even at verbose=0;
+    # the live view is the user's progress display.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     with ray_cluster(address):
         scheduler = (
             ASHAScheduler(
-                time_attr="evaluation", metric="AP", mode="max", max_t=evaluations, reduction_factor=2
+                time_attr="evaluation",
+                metric="AP",
+                mode="max",
+                max_t=evaluations,
+                reduction_factor=2,
+                # A trial that reaches the last evaluation runs on to write its metrics and checkpoint.
+                stop_last_trials=False,
             )
             if config.scheduler == "asha" and evaluations > 1
             else FIFOScheduler()
