@@ -134,10 +134,10 @@ def run_jobs(
         from nas.train import train_proxy
 
         torch.set_num_threads(threads)
-        metrics = train_proxy(neck, data.get(), settings, seed=seed, out_dir=path, progress=False)
         costs = neck_costs(neck, settings, COST_IMAGE_SIZE)
-        record = json.loads((Path(path) / "metrics.json").read_text())
-        (Path(path) / "metrics.json").write_text(json.dumps({**record, "costs": costs}, indent=2) + "\n")
+        metrics = train_proxy(
+            neck, data.get(), settings, seed=seed, out_dir=path, progress=False, costs=costs
+        )
         return {**metrics, **costs}
 
     pending = []

@@ -78,18 +78,25 @@ def train_proxy(
     out_dir: str | Path | None = None,
     report: Report | None = None,
     progress: bool = True,
+    costs: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Trains ``neck`` in the proxy detector; returns AP, AP50, AP75, APs, APm, APl and timings.
 
-    With ``out_dir``: writes ``metrics.json``, ``checkpoint.pt`` (a state_dict) and TensorBoard
-    scalars under ``tb/``.
+    With ``out_dir``: writes ``metrics.json`` (with ``costs``, when given), ``checkpoint.pt`` (a
+    state_dict) and TensorBoard scalars under ``tb/``. ``report`` hears the last evaluation only
+    after those are written: a scheduler may stop the trial at any report.
     """
     budget = BUDGETS[settings.budget]
     torch.manual_seed(seed)
     model = build_proxy_model(neck, data, settings)
     writer = _writer(out_dir)
     start = time.perf_counter()
-    metrics = fit(model, data, settings, budget, seed, report, writer, progress, neck.name)
+
+    def interim(step: int, metrics: dict[str, float]) -> None:
+        if report is not None and step < budget.steps:
+            report(step, metrics)
+
+    metrics = fit(model, data, settings, budget, seed, interim, writer, progress, neck.name)
     result = {
         **metrics,
         "steps": budget.steps,
@@ -97,8 +104,10 @@ def train_proxy(
         "seed": seed,
     }
     if out_dir is not None:
-        _save(Path(out_dir), model, neck, settings, result)
+        _save(Path(out_dir), model, neck, settings, result, costs)
         writer.close()
+    if report is not None:
+        report(budget.steps, metrics)
     return result
 
 
@@ -259,7 +268,14 @@ def _writer(out_dir: str | Path | None):
     return SummaryWriter(str(Path(out_dir) / "tb"))
 
 
-def _save(out: Path, model: nn.Module, neck: NeckSpec, settings: ProxySettings, result: dict) -> None:
+def _save(
+    out: Path,
+    model: nn.Module,
+    neck: NeckSpec,
+    settings: ProxySettings,
+    result: dict,
+    costs: dict[str, float] | None,
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.cpu() for k, v in model.state_dict().items()}, out / "checkpoint.pt")
     if neck.genotype is not None:  # a hand-written neck without a twin has none to save
@@ -271,5 +287,6 @@ def _save(out: Path, model: nn.Module, neck: NeckSpec, settings: ProxySettings, 
         "roi": roi_mode(neck, settings),
         "repeats": neck.repeats,
         "norm": neck.norm,
+        **({"costs": costs} if costs is not None else {}),
     }
     (out / "metrics.json").write_text(json.dumps(record, indent=2) + "\n")

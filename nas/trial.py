@@ -9,7 +9,6 @@ goes on.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -58,10 +57,15 @@ def run_trial(config: dict[str, Any], data: SharedObject[ProxyData], settings: P
         costs.update(neck_costs(neck, settings, config["cost_image_size"]))
         out = Path(config["out_dir"])
         train_proxy(
-            neck, data.get(), settings, seed=config["seed"], out_dir=out, report=report, progress=False
+            neck,
+            data.get(),
+            settings,
+            seed=config["seed"],
+            out_dir=out,
+            report=report,
+            progress=False,
+            costs=costs,
         )
-        record = json.loads((out / "metrics.json").read_text())
-        (out / "metrics.json").write_text(json.dumps({**record, "costs": costs}, indent=2) + "\n")
     except Exception as e:  # noqa: BLE001 -- any failure is the trial's outcome, recorded with its reason
         message = str(e).splitlines()[0] if str(e) else ""
         tune.report({"failure": f"{type(e).__name__}: {message}"[:500], "AP": 0.0, "evaluation": evaluations})
