@@ -534,7 +534,7 @@ def _same_as_saved(key: str, value, saved) -> bool:
 def _compare(args: argparse.Namespace) -> None:
     import torch
 
-    from nas.compare import baseline_entry, entries, run_jobs, write_results
+    from nas.compare import baseline_entry, entries, measure_costs, run_jobs, write_results
     from nas.proxy_data import prepare_proxy_data
     from nas.runs import RunFolder
     from nas.search import load_splits
@@ -566,6 +566,7 @@ def _compare(args: argparse.Namespace) -> None:
     data = prepare_proxy_data(*splits, settings, args.cache_dir)
     seeds = list(range(args.seeds))
     workers = args.workers or _default_workers(args.cpus_per_trial, gpus)
+    measure_costs(items, settings)
     run_jobs(items, seeds, data, settings, out_dir, workers, args.cpus_per_trial, gpus)
     print(write_results(items, seeds, settings, out_dir))
     print(f"wrote {out_dir}/compare.md, compare.csv, compare.png")

@@ -10,6 +10,10 @@ A baseline is a fixed neck or a genotype file, optionally with a RoI mode for th
 proxy: ``fpn@panet`` is FPN with PANet's adaptive feature pooling (``nas.roi``), so one comparison
 can set RoI modes side by side.
 
+Costs (params, FLOPs, single-thread CPU latency) are measured once per neck in the calling
+process before any training starts, so every row's latency is taken under the same conditions
+and not beside a running training.
+
 Beyond seed noise: a found cell beats a baseline when Welch's one-sided t-test on the per-seed
 AP rejects "not better" at p < 0.05 (unequal variances; seeds are not paired because a seed
 fixes different initial weights for different necks).
@@ -50,6 +54,7 @@ class Entry:
     neck: NeckSpec
     found: bool
     runs: list[dict[str, Any]] = field(default_factory=list)
+    costs: dict[str, float] = field(default_factory=dict)
 
     def values(self, metric: str) -> list[float]:
         return [r[metric] for r in self.runs]
@@ -101,6 +106,14 @@ def entries(run: RunFolder, top: int, baselines: Sequence[str]) -> list[Entry]:
     return found + [baseline_entry(name, config.proxy_settings.detector) for name in baselines]
 
 
+def measure_costs(items: list[Entry], settings: ProxySettings) -> None:
+    """Each neck's params, FLOPs and CPU latency (``nas.trial.neck_costs``), one after another."""
+    from nas.trial import neck_costs
+
+    for entry in items:
+        entry.costs = neck_costs(entry.neck, settings, COST_IMAGE_SIZE)
+
+
 def run_jobs(
     items: list[Entry],
     seeds: Sequence[int],
@@ -114,8 +127,6 @@ def run_jobs(
 ) -> None:
     """Trains every (entry, seed) not trained yet, ``workers`` at a time on Ray."""
     import ray
-
-    from nas.trial import neck_costs
 
     out_dir = out_dir.resolve()  # the tasks may run in another working folder
 
@@ -134,21 +145,15 @@ def run_jobs(
         from nas.train import train_proxy
 
         torch.set_num_threads(threads)
-        costs = neck_costs(neck, settings, COST_IMAGE_SIZE)
-        metrics = train_proxy(
-            neck, data.get(), settings, seed=seed, out_dir=path, progress=False, costs=costs
-        )
-        return {**metrics, **costs}
+        return train_proxy(neck, data.get(), settings, seed=seed, out_dir=path, progress=False)
 
     pending = []
     for entry in items:
         for seed in seeds:
             done = job_dir(entry, seed) / "metrics.json"
-            if done.is_file():
-                record = json.loads(done.read_text())
-                if "costs" in record:
-                    entry.runs.append({**record["metrics"], **record["costs"]})
-                    continue
+            if done.is_file():  # written last, so the job finished
+                entry.runs.append(json.loads(done.read_text())["metrics"])
+                continue
             pending.append((entry, seed))
     if not pending:
         return
@@ -220,9 +225,9 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
                 *([roi_mode(e.neck, settings)] if two_stage else []),
                 f"{e.mean('AP') * 100:.1f} ± {e.std('AP') * 100:.1f}",
                 *(f"{e.mean(m) * 100:.1f}" for m in METRICS[1:]),
-                f"{e.runs[0]['params'] / 1e6:.2f}M",
-                f"{e.runs[0]['flops'] / 1e9:.2f}",
-                f"{statistics.median(e.values('latency_ms')):.1f}",
+                f"{e.costs['params'] / 1e6:.2f}M",
+                f"{e.costs['flops'] / 1e9:.2f}",
+                f"{e.costs['latency_ms']:.1f}",
             ]
         )
     lines = [
@@ -258,7 +263,6 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
         )
         for e in items:
             means = [round(e.mean(m), 5) for m in METRICS]
-            latency = round(statistics.median(e.values("latency_ms")), 3)
             writer.writerow(
                 [
                     e.label,
@@ -267,9 +271,9 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
                     len(e.runs),
                     *means,
                     round(e.std("AP"), 5),
-                    e.runs[0]["params"],
-                    e.runs[0]["flops"],
-                    latency,
+                    e.costs["params"],
+                    e.costs["flops"],
+                    round(e.costs["latency_ms"], 3),
                 ]
             )
     _plot(items, out_dir / "compare.png")
