@@ -10,9 +10,9 @@ A baseline is a fixed neck or a genotype file, optionally with a RoI mode for th
 proxy: ``fpn@panet`` is FPN with PANet's adaptive feature pooling (``nas.roi``), so one comparison
 can set RoI modes side by side.
 
-Costs (params, FLOPs, single-thread CPU latency) are measured once per neck in the calling
-process before any training starts, so every row's latency is taken under the same conditions
-and not beside a running training.
+Costs (params, FLOPs, single-thread CPU latency; GPU latency too when a GPU is present) are
+measured once per neck in the calling process before any training starts, so every row's
+latency is taken under the same conditions and not beside a running training.
 
 Beyond seed noise: a found cell beats a baseline when Welch's one-sided t-test on the per-seed
 AP rejects "not better" at p < 0.05 (unequal variances; seeds are not paired because a seed
@@ -207,6 +207,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
 
     With the two-stage detector the tables say each neck's RoI mode (``nas.train.roi_mode``)."""
     two_stage = settings.detector == "fasterrcnn"
+    gpu = any("gpu_latency_ms" in e.costs for e in items)  # measured only where a GPU is present
     header = [
         "neck",
         *(["RoI"] if two_stage else []),
@@ -215,6 +216,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
         "params",
         "GFLOPs",
         "CPU ms",
+        *(["GPU ms"] if gpu else []),
     ]
     rows = []
     for e in items:
@@ -228,12 +230,14 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
                 f"{e.costs['params'] / 1e6:.2f}M",
                 f"{e.costs['flops'] / 1e9:.2f}",
                 f"{e.costs['latency_ms']:.1f}",
+                *([f"{e.costs['gpu_latency_ms']:.2f}"] if gpu else []),
             ]
         )
     lines = [
         f"# Comparison: {settings.detector}, budget {settings.budget}, seeds {', '.join(map(str, seeds))}",
         "",
-        f"AP in points; costs of the neck alone at {COST_IMAGE_SIZE}x{COST_IMAGE_SIZE}, one CPU thread.",
+        f"AP in points; costs of the neck alone at {COST_IMAGE_SIZE}x{COST_IMAGE_SIZE}, one CPU thread"
+        + (" (GPU: batch 1)." if gpu else "."),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -259,6 +263,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
                 "params",
                 "flops",
                 "latency_ms",
+                *(["gpu_latency_ms"] if gpu else []),
             ]
         )
         for e in items:
@@ -274,6 +279,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
                     e.costs["params"],
                     e.costs["flops"],
                     round(e.costs["latency_ms"], 3),
+                    *([e.costs["gpu_latency_ms"]] if gpu else []),
                 ]
             )
     _plot(items, out_dir / "compare.png")

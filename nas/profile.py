@@ -73,8 +73,9 @@ def profile_neck(
     backbone: str | None = None,
     latency: bool = False,
 ) -> dict[str, float]:
-    """``params``, ``flops`` and, with ``latency``, ``latency_ms`` of ``neck`` built for C3..C5 of
-    widths ``in_channels``, on one square ``image_size`` image's C3..C5.
+    """``params``, ``flops`` and, with ``latency``, ``latency_ms`` (and ``gpu_latency_ms`` when a GPU
+    is present) of ``neck`` built for C3..C5 of widths ``in_channels``, on one square
+    ``image_size`` image's C3..C5.
 
     A neck that runs the backbone itself (``neck.needs_images``: RFP) is built around the body of
     ``backbone`` (default: the first with those widths) and fed the image; its figures are less
@@ -108,4 +109,11 @@ def _costs(module: nn.Module, inputs: Tensor | Sequence[Tensor], latency: bool) 
     costs: dict[str, float] = {"params": count_parameters(module), "flops": count_flops(module, inputs)}
     if latency:
         costs["latency_ms"] = round(measure_latency(module, inputs), 3)
+        if torch.cuda.is_available():
+            costs["gpu_latency_ms"] = round(measure_latency(module.cuda(), _to(inputs, "cuda")), 3)
+            module.cpu()
     return costs
+
+
+def _to(inputs: Tensor | Sequence[Tensor], device: str) -> Tensor | list[Tensor]:
+    return inputs.to(device) if isinstance(inputs, Tensor) else [x.to(device) for x in inputs]

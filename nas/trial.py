@@ -26,8 +26,9 @@ from nas.train import ProxySettings, train_proxy
 
 
 def neck_costs(neck: NeckSpec, settings: ProxySettings, image_size: int) -> dict[str, float]:
-    """Parameters, FLOPs and single-thread CPU latency (ms) of the neck alone at ``image_size``
-    (``nas.profile.profile_neck``: a neck that runs the backbone, less a plain backbone pass)."""
+    """Parameters, FLOPs and single-thread CPU latency (ms; GPU latency too when a GPU is present)
+    of the neck alone at ``image_size`` (``nas.profile.profile_neck``: a neck that runs the
+    backbone, less a plain backbone pass)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: comparable while other trials share the machine
     try:

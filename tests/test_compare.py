@@ -10,6 +10,9 @@ import optuna
 from PIL import Image
 
 from nas.cli import main
+from nas.compare import Entry, write_results
+from nas.evaluate import METRICS
+from nas.necks import resolve_neck
 from nas.runs import RunFolder, SearchConfig
 from nas.train import ProxySettings
 from search_spaces import get_space
@@ -90,3 +93,18 @@ def test_two_stage_compare_sets_roi_modes_side_by_side(
     # Trainings are kept per RoI mode: an explicit --roi fpn would not reuse augfpn's soft ones.
     jobs = {p.parent.parent.name for p in out.glob("jobs/quick/*/seed0/metrics.json")}
     assert jobs == {"fpn@fpn", "fpn@soft", "augfpn@soft"}
+
+
+def test_gpu_latency_gets_a_column_only_where_it_was_measured(tmp_path: Path) -> None:
+    runs = [dict.fromkeys(METRICS, ap) for ap in (0.1, 0.2)]
+    cpu_only = {"params": 1000, "flops": 2e9, "latency_ms": 3.0}
+    for gpu_ms, expected in ((None, False), (0.25, True)):
+        costs = cpu_only if gpu_ms is None else {**cpu_only, "gpu_latency_ms": gpu_ms}
+        entry = Entry("fpn", resolve_neck("fpn"), found=False, runs=runs, costs=costs)
+        out = tmp_path / str(expected)
+        write_results([entry], [0, 1], ProxySettings(), out)
+        markdown = (out / "compare.md").read_text()
+        row = next(csv.DictReader((out / "compare.csv").open()))
+        assert ("| GPU ms |" in markdown) is expected and ("gpu_latency_ms" in row) is expected
+        if expected:
+            assert "| 0.25 |" in markdown and float(row["gpu_latency_ms"]) == 0.25
