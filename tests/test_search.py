@@ -58,10 +58,10 @@ def _trials(run: RunFolder) -> list[optuna.trial.FrozenTrial]:
     return run.load_study().get_trials(deepcopy=False)
 
 
-def _states_while_running(run: RunFolder) -> list[TrialState]:
-    """The trial states of a search another process is running ([] until its study exists)."""
+def _trials_while_running(run: RunFolder) -> list[optuna.trial.FrozenTrial]:
+    """The trials of a search another process is running ([] until its study exists)."""
     try:
-        return [t.state for t in _trials(run)]
+        return _trials(run)
     except (KeyError, ValueError, OSError):
         return []
 
@@ -106,11 +106,15 @@ def test_resume_after_sigkill_loses_and_repeats_nothing(
     )
     run = RunFolder(tmp_path / "k")
     deadline = time.monotonic() + 240
-    while True:  # kill it once two trials are complete and another one is running
+    # Kill it once two trials are complete and another one is training: its genotype is recorded,
+    # so all its decisions are made (a trial killed while still sampling has only some of them).
+    while True:
         assert search.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
         assert time.monotonic() < deadline, "the search did not get going"
-        states = _states_while_running(run)
-        if states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states:
+        trials = _trials_while_running(run)
+        states = [t.state for t in trials]
+        training = [t for t in trials if t.state == TrialState.RUNNING and "genotype" in t.user_attrs]
+        if states.count(TrialState.COMPLETE) >= 2 and training:
             break
         time.sleep(0.3)
     search.send_signal(signal.SIGKILL)
@@ -233,7 +237,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
     )
     run = RunFolder(tmp_path / "c")
     deadline = time.monotonic() + 240
-    while TrialState.COMPLETE not in _states_while_running(run):
+    while TrialState.COMPLETE not in [t.state for t in _trials_while_running(run)]:
         assert search.poll() is None and time.monotonic() < deadline, search.communicate()[0][-4000:]
         time.sleep(0.3)
     search.send_signal(signal.SIGINT)
