@@ -25,6 +25,11 @@ EXIT_INTERRUPTED = 130
 DEFAULT_DATA = Path("data/shapes")
 
 
+def _progress(line: str) -> None:
+    """A line of progress of long work, flushed: a log file being followed sees it at once."""
+    print(line, flush=True)
+
+
 class UsageError(Exception):
     """A problem with what the user asked for; shown as one line, exit status 2."""
 
@@ -373,7 +378,7 @@ def _search(args: argparse.Namespace) -> int | None:
         f" --runs-dir {args.runs_dir}" if args.runs_dir != Path("runs") else ""
     )
     try:
-        outcome = run_search(config, run, address=args.address, cache_dir=args.cache_dir)
+        outcome = run_search(config, run, address=args.address, cache_dir=args.cache_dir, out=_progress)
     except KeyboardInterrupt:
         print(f"stopped; finished trials are kept. Resume with: {resume}", file=sys.stderr)
         raise
@@ -567,7 +572,7 @@ def _compare(args: argparse.Namespace) -> None:
     seeds = list(range(args.seeds))
     workers = args.workers or _default_workers(args.cpus_per_trial, gpus)
     measure_costs(items, settings)
-    run_jobs(items, seeds, data, settings, out_dir, workers, args.cpus_per_trial, gpus)
+    run_jobs(items, seeds, data, settings, out_dir, workers, args.cpus_per_trial, gpus, out=_progress)
     print(write_results(items, seeds, settings, out_dir))
     print(f"wrote {out_dir}/compare.md, compare.csv, compare.png")
 
@@ -624,7 +629,7 @@ def _dashboard(args: argparse.Namespace) -> None:
 
     run = _inspected_run(args.run)
     try:
-        serve(run, args.host, args.port, out=lambda line: print(line, flush=True))
+        serve(run, args.host, args.port, out=_progress)
     except OSError as e:
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
