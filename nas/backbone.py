@@ -13,22 +13,21 @@ from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.resnet import BasicBlock, ResNet
 
+from nas.errors import BackboneError
+from nas.settings import BACKBONE_WIDTHS
+
 
 def resnet10(weights: None = None) -> ResNet:
     """ResNet-10: BasicBlock x [1, 1, 1, 1], NAS-FPN's proxy backbone (no published weights)."""
     return ResNet(BasicBlock, [1, 1, 1, 1])
 
 
-BACKBONES: dict[str, tuple[Callable[[], ResNet], tuple[int, int, int]]] = {
-    "resnet10": (resnet10, (128, 256, 512)),
-    "resnet18": (torchvision.models.resnet18, (128, 256, 512)),
-    "resnet34": (torchvision.models.resnet34, (128, 256, 512)),
-    "resnet50": (torchvision.models.resnet50, (512, 1024, 2048)),
+BACKBONES: dict[str, Callable[..., ResNet]] = {  # the names and widths are nas.settings'
+    "resnet10": resnet10,
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
 }
-
-
-class BackboneError(ValueError):
-    """An unknown backbone or a checkpoint that does not fit it; one line naming the file."""
 
 
 class BackboneWithNeck(nn.Module):
@@ -46,7 +45,8 @@ class BackboneWithNeck(nn.Module):
 
 def backbone_widths(name: str) -> tuple[int, int, int]:
     """Widths of C3, C4, C5 for backbone ``name``."""
-    return _lookup(name)[1]
+    _check(name)
+    return BACKBONE_WIDTHS[name]
 
 
 def resnet_body(name: str = "resnet10", checkpoint: str | Path | None = None) -> nn.Module:
@@ -55,17 +55,16 @@ def resnet_body(name: str = "resnet10", checkpoint: str | Path | None = None) ->
     The checkpoint is a ResNet state_dict (or a dict holding one under ``state_dict``/``model``);
     nothing can be downloaded here, so there are no pretrained weights by name.
     """
-    factory, _ = _lookup(name)
-    resnet = factory(weights=None)
+    _check(name)
+    resnet = BACKBONES[name](weights=None)
     if checkpoint is not None:
         _load_checkpoint(resnet, Path(checkpoint))
     return IntermediateLayerGetter(resnet, {"layer2": "C3", "layer3": "C4", "layer4": "C5"})
 
 
-def _lookup(name: str) -> tuple[Callable[..., ResNet], tuple[int, int, int]]:
+def _check(name: str) -> None:
     if name not in BACKBONES:
         raise BackboneError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
-    return BACKBONES[name]
 
 
 def _load_checkpoint(resnet: ResNet, path: Path) -> None:

@@ -13,12 +13,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from nas.genotype import GenotypeError
+from nas.errors import GenotypeError, NasfpnError, UsageError
+from nas.settings import BACKBONE_WIDTHS, BUDGETS, DETECTORS, ROI_MODES, ProxySettings
 from nas.tables import format_table
 
 if TYPE_CHECKING:
     from nas.data.coco import CocoDetection
-    from nas.train import ProxySettings
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -28,10 +28,6 @@ DEFAULT_DATA = Path("data/shapes")
 def _progress(line: str) -> None:
     """A line of progress of long work, flushed: a log file being followed sees it at once."""
     print(line, flush=True)
-
-
-class UsageError(Exception):
-    """A problem with what the user asked for; shown as one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -215,11 +211,6 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
-    from nas.backbone import BACKBONES
-    from nas.detector import DETECTORS
-    from nas.roi import ROI_MODES
-    from nas.train import BUDGETS, ProxySettings
-
     defaults = ProxySettings()
     group = parser.add_argument_group("proxy detector")
     group.add_argument("--detector", choices=DETECTORS, default=defaults.detector)
@@ -230,7 +221,7 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         "(adaptive feature pooling), soft (AugFPN's soft RoI selection; augfpn's own default)",
     )
     group.add_argument("--budget", choices=list(BUDGETS), default=defaults.budget)
-    group.add_argument("--backbone", choices=list(BACKBONES), default=defaults.backbone)
+    group.add_argument("--backbone", choices=list(BACKBONE_WIDTHS), default=defaults.backbone)
     group.add_argument("--backbone-checkpoint", type=Path, help="ResNet weights (state_dict) to start from")
     group.add_argument(
         "--train-backbone",
@@ -244,8 +235,6 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
 
 def proxy_settings(args: argparse.Namespace) -> ProxySettings:
     """The proxy settings the options ask for."""
-    from nas.train import ProxySettings
-
     checkpoint = args.backbone_checkpoint
     if args.roi not in (None, "fpn") and args.detector != "fasterrcnn":
         raise UsageError("--roi applies to the two-stage detector only")
@@ -479,8 +468,6 @@ def _default_workers(cpus_per_trial: float, gpus_per_trial: float) -> int:
 
 def _resumed_config(run, args: argparse.Namespace):
     """The saved config, with the options that may change on resume; a conflicting option is an error."""
-    from nas.train import ProxySettings
-
     try:
         saved = run.load_config()
     except ValueError as e:
@@ -687,15 +674,10 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from nas.backbone import BackboneError
-    from nas.data.coco import DatasetError
-    from nas.runs import RunError
-    from nas.train import TrainingError
-
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
-    except (GenotypeError, UsageError, DatasetError, BackboneError, TrainingError, RunError) as e:
+    except NasfpnError as e:
         print(f"nasfpn: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

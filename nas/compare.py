@@ -36,10 +36,10 @@ from nas.evaluate import METRICS
 from nas.genotype import Genotype
 from nas.necks import NeckSpec, resolve_neck
 from nas.proxy_data import ProxyData
-from nas.roi import ROI_MODES
 from nas.runs import COST_IMAGE_SIZE, RunFolder
+from nas.settings import ROI_MODES, ProxySettings
 from nas.tables import format_table
-from nas.train import ProxySettings, roi_mode
+from nas.train import roi_mode
 from search_spaces import get_space
 
 ALPHA = 0.05

@@ -30,9 +30,9 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import box_iou
 
 from nas.backbone import BackboneWithNeck
-from nas.roi import ROI_MODES, one_level_features, pool_levels, roi_pooling
+from nas.roi import one_level_features, pool_levels, roi_pooling
+from nas.settings import DETECTORS, ROI_MODES
 
-DETECTORS = ("retinanet", "fasterrcnn")
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7
 # torchvision's detectors are tuned for 800-px images: RetinaNet's anchors are 4 x stride
 # (32..512 px) and Faster R-CNN's RoI level mapping puts a 224-px box on P4. Both scale with

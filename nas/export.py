@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from nas.builder import GenotypeNeck
-from nas.cli import UsageError
 from nas.codegen import BuildSettings, Facts, generate, safe_label
+from nas.errors import UsageError
 from nas.genotype import NUM_INPUTS, Genotype, GenotypeError, load_genotype
 from nas.profile import count_flops, count_parameters, neck_inputs
 
@@ -145,7 +145,7 @@ def from_run(path: str | Path, trial: int | None = None) -> ExportSource:
 def _run_build_settings(run, config) -> BuildSettings:
     """The build a run's trials used: repeats and norm from its space, widths from its proxy."""
     from nas.backbone import backbone_widths
-    from nas.train import ProxySettings
+    from nas.settings import ProxySettings
     from search_spaces import get_space
 
     try:

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nas.errors import GenotypeError
+
 FORMAT_VERSION = 1
 LEVELS = (3, 4, 5, 6, 7)
 NUM_INPUTS = len(LEVELS)  # pool entries 0..4 are the pyramid inputs P3..P7
@@ -54,10 +56,6 @@ POSTS = {
     "swish_sepconv": "swish, depthwise-separable 3x3 conv, norm (BiFPN)",
     "aspp": "ASPP (DetectoRS): 1x1, 3x3 dilation 3, 3x3 dilation 6 and global-pool branches, concatenated",
 }
-
-
-class GenotypeError(ValueError):
-    """A genotype that is not a valid neck; the message names the node and the reason."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-NORMS = ("bn", "gn", "none")
+from nas.settings import NORMS
 
 
 def norm_layer(norm: str | None, channels: int) -> nn.Module | None:

@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from nas.settings import BACKBONE_WIDTHS
+
 if TYPE_CHECKING:
     from nas.necks import NeckSpec
 
@@ -99,10 +101,8 @@ def profile_neck(
 
 
 def backbone_with_widths(in_channels: Sequence[int]) -> str | None:
-    """The first of ``nas.backbone.BACKBONES`` whose C3..C5 have widths ``in_channels``, if any."""
-    from nas.backbone import BACKBONES
-
-    return next((name for name, (_, widths) in BACKBONES.items() if widths == tuple(in_channels)), None)
+    """The first backbone (``nas.settings.BACKBONE_WIDTHS``) whose C3..C5 have widths ``in_channels``."""
+    return next((name for name, widths in BACKBONE_WIDTHS.items() if widths == tuple(in_channels)), None)
 
 
 def _costs(module: nn.Module, inputs: Tensor | Sequence[Tensor], latency: bool) -> dict[str, float]:

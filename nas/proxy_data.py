@@ -25,7 +25,7 @@ from nas.data.letterbox import MIN_BOX_SIDE, ProxySplit, letterbox_split
 from nas.device import default_device
 
 if TYPE_CHECKING:
-    from nas.train import ProxySettings
+    from nas.settings import ProxySettings
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,8 @@ def _pretrained_body(
         return torch.load(path, map_location="cpu", weights_only=True)
     from fixed_necks import FIXED_NECKS
     from nas.necks import NeckSpec
-    from nas.train import Budget, build_proxy_model, fit
+    from nas.settings import Budget
+    from nas.train import build_proxy_model, fit
 
     logger.info(
         "pretraining %s on %s for %d steps (once per dataset)",

@@ -25,7 +25,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.ops import MultiScaleRoIAlign, roi_align
 
-ROI_MODES = ("fpn", "panet", "soft")
+from nas.settings import ROI_MODES
+
 ROI_LEVELS = ("P3", "P4", "P5", "P6")  # the levels RoIs are pooled from (as Faster R-CNN's FPN: no P7)
 OUTPUT_SIZE = 7
 SAMPLING_RATIO = 2

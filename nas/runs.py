@@ -16,19 +16,15 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-if TYPE_CHECKING:
-    from nas.train import ProxySettings
+from nas.errors import RunError
+from nas.settings import ProxySettings
 
 COST_IMAGE_SIZE = 512  # FLOPs and CPU latency of a neck are measured at this square input size
-
-
-class RunError(ValueError):
-    """A run folder that cannot be read (a broken config.json); the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -53,8 +49,6 @@ class SearchConfig:
 
     @property
     def proxy_settings(self) -> ProxySettings:
-        from nas.train import ProxySettings  # torch: status, report and dashboard do without it
-
         return ProxySettings(**self.proxy)
 
     def to_json(self) -> str:

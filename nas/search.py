@@ -21,7 +21,8 @@ import optuna
 from optuna.trial import TrialState
 
 from nas.cluster import SharedObject, ray_cluster
-from nas.controllers import RLSampler, make_controller
+from nas.controllers import make_controller
+from nas.controllers.rl import RLSampler
 from nas.data.coco import CocoDetection
 from nas.live_view import LiveView
 from nas.necks import NeckSpec, resolve_neck
@@ -36,7 +37,7 @@ from nas.runs import (
     requeue_interrupted,
 )
 from nas.searcher import StudySearcher
-from nas.train import BUDGETS
+from nas.settings import BUDGETS
 from search_spaces import get_space
 
 Print = Callable[[str], None]

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -25,49 +25,13 @@ from tqdm import tqdm
 from nas.backbone import backbone_widths, resnet_body
 from nas.detector import ProxyDetector
 from nas.device import default_device
+from nas.errors import TrainingError
 from nas.evaluate import coco_ap
 from nas.necks import NeckSpec
 from nas.proxy_data import ProxyData
+from nas.settings import BUDGETS, Budget, ProxySettings
 
 Report = Callable[[int, dict[str, float]], None]
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Optimiser steps, evaluations spread evenly over them (the last at the end), batch size."""
-
-    steps: int
-    evaluations: int
-    batch_size: int = 16
-
-
-BUDGETS = {
-    "quick": Budget(steps=30, evaluations=1, batch_size=8),
-    "default": Budget(steps=500, evaluations=2),
-    "full": Budget(steps=2000, evaluations=4),
-}
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """How a proxy trial trains: everything but the neck, the data and the seed."""
-
-    detector: str = "retinanet"
-    backbone: str = "resnet10"
-    backbone_checkpoint: str | None = None
-    freeze_backbone: bool = True
-    image_size: int = 128
-    width: int = 64
-    head_convs: int = 2
-    budget: str = "default"
-    roi: str = "fpn"  # Faster R-CNN's RoI features (nas.roi.ROI_MODES); a neck's own ``roi`` wins
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 50
-
-
-class TrainingError(RuntimeError):
-    """A trial that cannot go on (a NaN loss); the message says at which step."""
 
 
 def train_proxy(

@@ -22,7 +22,8 @@ from nas.genotype import Genotype
 from nas.necks import NeckSpec
 from nas.profile import profile_neck
 from nas.proxy_data import ProxyData
-from nas.train import ProxySettings, train_proxy
+from nas.settings import ProxySettings
+from nas.train import train_proxy
 
 
 def neck_costs(neck: NeckSpec, settings: ProxySettings, image_size: int) -> dict[str, float]:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar, TypeVar
 from optuna.trial import BaseTrial
 
 from nas.genotype import BACKBONE_INPUTS, LEVELS, NUM_INPUTS, Genotype, GenotypeError, Node
-from nas.ops import NORMS
+from nas.settings import NORMS
 
 Choice = int | str
 T = TypeVar("T")

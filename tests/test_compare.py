@@ -14,7 +14,7 @@ from nas.compare import Entry, write_results
 from nas.evaluate import METRICS
 from nas.necks import resolve_neck
 from nas.runs import RunFolder, SearchConfig
-from nas.train import ProxySettings
+from nas.settings import ProxySettings
 from search_spaces import get_space
 
 

@@ -10,8 +10,9 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from nas.controllers import CONTROLLERS, RegularizedEvolutionSampler, RLSampler, make_controller
+from nas.controllers import CONTROLLERS, RegularizedEvolutionSampler, make_controller
 from nas.controllers.common import rewarded_trials, study_reward
+from nas.controllers.rl import RLSampler
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torchvision.models.detection.image_list import ImageList
 
 from fixed_necks import FIXED_NECKS
 from nas.backbone import backbone_widths, resnet_body
 from nas.detector import CenteredAnchorGenerator, ProxyDetector, anchor_sizes
+from nas.errors import BackboneError
+from nas.settings import BACKBONE_WIDTHS
+
+
+@pytest.mark.parametrize("name", list(BACKBONE_WIDTHS))
+def test_each_backbone_gives_the_widths_the_settings_table_says(name: str) -> None:
+    # The command line and the cost tables read the widths without building the network.
+    with torch.no_grad():
+        features = resnet_body(name)(torch.rand(1, 3, 64, 64))
+    assert tuple(c.shape[1] for c in features.values()) == BACKBONE_WIDTHS[name] == backbone_widths(name)
+
+
+def test_an_unknown_backbone_is_named() -> None:
+    with pytest.raises(BackboneError, match="unknown backbone 'resnet9'"):
+        backbone_widths("resnet9")
 
 
 def test_anchors_sit_at_cell_centres() -> None:

@@ -8,6 +8,8 @@ train detectors (``helpers.make_run``).
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,19 @@ def test_report_of_a_four_trial_study(tmp_path: Path, capsys: pytest.CaptureFixt
     assert rows[0].startswith(f"<td>1</td><td>{best.number}</td><td>{best.user_attrs['AP'] * 100:.1f}</td>")
     assert '<tr class="baseline"><td>-</td><td>FPN</td><td>20.0</td>' in page
     assert f"tensorboard --logdir {run.path}" in page
+
+
+def test_status_and_report_do_without_torch(tmp_path: Path) -> None:
+    # Importing torch and torchvision takes seconds; reading a study needs neither.
+    run = make_run(tmp_path / "s2", trials=2)
+    probe = (
+        "import sys; from nas.cli import main; "
+        f"codes = [main(['status', {str(run.path)!r}]), main(['report', {str(run.path)!r}])]; "
+        "print(codes, sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision'))[:3])"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[0, 0] []"
 
 
 def test_failed_pruned_and_running_trials(tmp_path: Path) -> None:

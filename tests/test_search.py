@@ -19,7 +19,7 @@ from nas.cli import main
 from nas.genotype import Genotype
 from nas.runs import RunFolder, SearchConfig, count_done
 from nas.search import run_search
-from nas.train import ProxySettings
+from nas.settings import ProxySettings
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 Every controller drives every space (a space only calls ``trial.suggest_categorical``) and all
 results land in one Optuna study:
 
-- ``rl``: NAS-FPN's PPO-trained LSTM policy (``nas.controllers.rl``); its state lives in
-  ``state_path``.
+- ``rl``: NAS-FPN's PPO-trained LSTM policy (``nas.controllers.rl.RLSampler``); its state lives
+  in ``state_path``.
 - ``evolution``: regularized (aging) evolution (``nas.controllers.evolution``); its state is the
   study itself.
 - ``random``: Optuna's ``RandomSampler``, the strong baseline.
@@ -25,13 +25,11 @@ import optuna
 
 from nas.controllers.common import Reward, observed_value
 from nas.controllers.evolution import RegularizedEvolutionSampler
-from nas.controllers.rl import RLSampler
 
 CONTROLLERS = ("rl", "evolution", "random", "tpe")
 
 __all__ = [
     "CONTROLLERS",
-    "RLSampler",
     "RegularizedEvolutionSampler",
     "Reward",
     "make_controller",
@@ -59,6 +57,8 @@ def make_controller(
             ``population_size`` for evolution, ``n_startup_trials`` for tpe).
     """
     if name == "rl":
+        from nas.controllers.rl import RLSampler  # torch: the command line lists CONTROLLERS without it
+
         return RLSampler(seed=seed, state_path=state_path, reward=reward, **options)
     if name == "evolution":
         return RegularizedEvolutionSampler(seed=seed, reward=reward, **options)

@@ -45,16 +45,14 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from nas.errors import DatasetError
+
 logger = logging.getLogger(__name__)
 
 Target = dict[str, Any]  # {"boxes": float32 (N, 4) xyxy, "labels": int64 (N,), "image_id": int}
 Transforms = Callable[[Tensor, Target], tuple[Tensor, Target]]
 
 DEFAULT_CACHE_BYTES = 1 << 30  # the default proxy dataset takes 63 MB decoded
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used; the message names the file and the image or annotation id."""
 
 
 def find_split(root: str | Path, split: str) -> tuple[Path, Path]:
