@@ -566,9 +566,8 @@ def _compare(args: argparse.Namespace) -> None:
 
 def _status(args: argparse.Namespace) -> None:
     from nas.leaderboard import leaderboard
-    from nas.runs import RunFolder
 
-    print(leaderboard(RunFolder.existing(args.run), args.top))
+    print(leaderboard(_inspected_run(args.run), args.top))
 
 
 def _add_inspect_commands(commands: argparse._SubParsersAction) -> None:

@@ -14,17 +14,35 @@ breakdown, ``params``, ``flops``, ``latency_ms`` and, when it failed, the ``fail
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from nas.errors import RunError
 from nas.settings import ProxySettings
 
+_OPEN_ATTEMPTS = 20  # 5 s: initialising a schema takes milliseconds
 COST_IMAGE_SIZE = 512  # FLOPs and CPU latency of a neck are measured at this square input size
+
+
+def _while_initialised_elsewhere(open_study: Callable[[], optuna.Study]) -> optuna.Study:
+    """``open_study()``, tried again while another process is writing a new database's schema.
+
+    Every Optuna storage object stamps a fresh database's schema version when it opens it; a
+    second process doing so at the same moment gets an IntegrityError (or "database is locked").
+    """
+    for _ in range(_OPEN_ATTEMPTS - 1):
+        try:
+            return open_study()
+        except (IntegrityError, OperationalError):
+            time.sleep(0.25)
+    return open_study()
 
 
 @dataclass(frozen=True)
@@ -114,18 +132,27 @@ class RunFolder:
         self, config: SearchConfig, directions: list[str], sampler: optuna.samplers.BaseSampler | None = None
     ) -> optuna.Study:
         self.path.mkdir(parents=True, exist_ok=True)
-        return optuna.create_study(
-            storage=self.storage_url(config),
-            study_name=config.name,
-            directions=directions,
-            sampler=sampler,
-            load_if_exists=True,
+        return _while_initialised_elsewhere(
+            lambda: optuna.create_study(
+                storage=self.storage_url(config),
+                study_name=config.name,
+                directions=directions,
+                sampler=sampler,
+                load_if_exists=True,
+            )
         )
 
     def load_study(self) -> optuna.Study:
-        """The study of an existing run, read-only use (status, report, export)."""
+        """The study of an existing run, for reading (status, report, export, compare).
+
+        Raises KeyError while the run's search has not created its study. A reader never creates
+        the database file: it would race the search that is about to.
+        """
         config = self.load_config()
-        return optuna.load_study(study_name=config.name, storage=self.storage_url(config))
+        if config.storage is None and not (self.path / "study.db").is_file():
+            raise KeyError(f"{self.path}: no study yet")
+        url = self.storage_url(config)
+        return _while_initialised_elsewhere(lambda: optuna.load_study(study_name=config.name, storage=url))
 
     def baseline_metrics(self, neck: str = "fpn") -> dict[str, Any] | None:
         """The baseline's metrics and costs, once its training finished."""
