@@ -526,7 +526,7 @@ def _same_as_saved(key: str, value, saved) -> bool:
 def _compare(args: argparse.Namespace) -> None:
     import torch
 
-    from nas.compare import baseline_entry, entries, measure_costs, run_jobs, write_results
+    from nas.compare import baseline_entry, claim_jobs_folder, entries, measure_costs, run_jobs, write_results
     from nas.proxy_data import prepare_proxy_data
     from nas.runs import RunFolder
     from nas.search import load_splits
@@ -555,6 +555,7 @@ def _compare(args: argparse.Namespace) -> None:
         splits = load_datasets(args)
         out_dir = args.out or Path("runs") / "compare"
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
+    claim_jobs_folder(out_dir, settings, *(split.annotation_file for split in splits))
     data = prepare_proxy_data(*splits, settings, args.cache_dir)
     seeds = list(range(args.seeds))
     workers = args.workers or _default_workers(args.cpus_per_trial, gpus)

@@ -22,16 +22,18 @@ fixes different initial weights for different necks).
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from scipy.stats import ttest_ind
 
 from nas.cluster import SharedObject, ray_cluster
+from nas.errors import UsageError
 from nas.evaluate import METRICS
 from nas.genotype import Genotype
 from nas.necks import NeckSpec, resolve_neck
@@ -43,6 +45,7 @@ from nas.train import roi_mode
 from search_spaces import get_space
 
 ALPHA = 0.05
+INPUTS_FILE = "inputs.json"  # in OUT/jobs/BUDGET: the settings and data its trainings used
 Print = Callable[[str], None]
 
 
@@ -104,6 +107,39 @@ def entries(run: RunFolder, top: int, baselines: Sequence[str]) -> list[Entry]:
         for t in trials[:top]
     ]
     return found + [baseline_entry(name, config.proxy_settings.detector) for name in baselines]
+
+
+def claim_jobs_folder(out_dir: Path, settings: ProxySettings, train_json: Path, val_json: Path) -> None:
+    """Records what the trainings in ``out_dir/jobs/BUDGET`` are trained with, or checks it.
+
+    Finished trainings there are reused by any later comparison into ``out_dir``, so that one
+    must ask for the same proxy settings and data (told by its annotation files' digests);
+    UsageError names the first difference. Checked before any work starts.
+    """
+    inputs = {
+        **{f"settings.{key}": value for key, value in asdict(settings).items()},
+        "data.train": _digest(train_json),
+        "data.val": _digest(val_json),
+    }
+    path = out_dir / "jobs" / settings.budget / INPUTS_FILE
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(inputs, indent=2))
+        return
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: unreadable ({e}); remove it if its trainings are yours to reuse") from None
+    for key, value in inputs.items():
+        if recorded.get(key) != value:
+            raise UsageError(
+                f"{path}: the trainings kept in {path.parent} used {key} {recorded.get(key)!r}, this "
+                f"comparison asks for {value!r}: give another --out, or remove {path.parent}"
+            )
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def measure_costs(items: list[Entry], settings: ProxySettings) -> None:

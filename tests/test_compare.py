@@ -94,6 +94,14 @@ def test_two_stage_compare_sets_roi_modes_side_by_side(
     jobs = {p.parent.parent.name for p in out.glob("jobs/quick/*/seed0/metrics.json")}
     assert jobs == {"fpn@fpn", "fpn@soft", "augfpn@soft"}
 
+    # Into the same folder with another width: refused before any work, the trainings kept.
+    kept = {p: p.stat().st_mtime_ns for p in out.glob("jobs/**/*") if p.is_file()}
+    proxy[proxy.index("--width") + 1] = "8"
+    assert main([*args, *data, *proxy]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "settings.width 16" in err and "asks for 8" in err
+    assert {p: p.stat().st_mtime_ns for p in out.glob("jobs/**/*") if p.is_file()} == kept
+
 
 def test_gpu_latency_gets_a_column_only_where_it_was_measured(tmp_path: Path) -> None:
     runs = [dict.fromkeys(METRICS, ap) for ap in (0.1, 0.2)]
