@@ -27,7 +27,8 @@ from nas.data.synth import synthesize
 from nas.genotype import Genotype, Node
 from nas.necks import NeckSpec, resolve_neck
 from nas.proxy_data import prepare_proxy_data
-from nas.train import BUDGETS, ProxySettings, train_proxy
+from nas.settings import BUDGETS, ProxySettings
+from nas.train import train_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -41,9 +41,8 @@ from nas.detector import anchor_sizes
 from nas.evaluate import coco_ap
 from nas.necks import resolve_neck
 from nas.proxy_data import ProxyData, prepare_proxy_data
+from nas.settings import BUDGETS, ProxySettings
 from nas.train import (
-    BUDGETS,
-    ProxySettings,
     build_proxy_model,
     coco_results,
     shuffled_batches,
@@ -112,7 +111,8 @@ def stock_ap(model: RetinaNet, data: ProxyData) -> float:
 
 def proxy_steps(data: ProxyData, settings: ProxySettings, steps: int, seed: int) -> float:
     """Seconds per step of the proxy's own loop (neck + heads on cached features)."""
-    from nas.train import Budget, fit
+    from nas.settings import Budget
+    from nas.train import fit
 
     model = build_proxy_model(resolve_neck("fpn"), data, settings)
     budget = Budget(steps, evaluations=0, batch_size=BUDGETS[settings.budget].batch_size)

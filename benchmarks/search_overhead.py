@@ -36,7 +36,8 @@ from nas.necks import NeckSpec, resolve_neck
 from nas.proxy_data import prepare_proxy_data
 from nas.runs import COST_IMAGE_SIZE, RunFolder, SearchConfig
 from nas.search import run_search
-from nas.train import ProxySettings, train_proxy
+from nas.settings import ProxySettings
+from nas.train import train_proxy
 from nas.trial import neck_costs
 from search_spaces import get_space
 

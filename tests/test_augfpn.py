@@ -17,7 +17,8 @@ from nas.cli import main
 from nas.detector import ProxyDetector
 from nas.necks import resolve_neck
 from nas.profile import neck_inputs
-from nas.train import ProxySettings, roi_mode
+from nas.settings import ProxySettings
+from nas.train import roi_mode
 
 WIDTHS = backbone_widths("resnet10")
 WIDTH = 16

@@ -31,7 +31,8 @@ from nas.export import NECK_PREFIX, ExportSource, export
 from nas.genotype import NUM_INPUTS, Genotype, GenotypeError, Node
 from nas.necks import NeckSpec
 from nas.runs import RunFolder, SearchConfig
-from nas.train import ProxySettings, build_proxy_model
+from nas.settings import ProxySettings
+from nas.train import build_proxy_model
 from search_spaces import get_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

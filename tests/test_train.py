@@ -18,7 +18,8 @@ from nas.data.coco import CocoDetection
 from nas.evaluate import METRICS
 from nas.necks import resolve_neck
 from nas.proxy_data import prepare_proxy_data
-from nas.train import Budget, ProxySettings, build_proxy_model, evaluate, fit, load_checkpoint, train_proxy
+from nas.settings import Budget, ProxySettings
+from nas.train import build_proxy_model, evaluate, fit, load_checkpoint, train_proxy
 
 
 def _splits(root: Path) -> tuple[CocoDetection, CocoDetection]:
