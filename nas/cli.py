@@ -351,6 +351,11 @@ def _train(args: argparse.Namespace) -> None:
         f"{name}: {settings.detector}{f' ({roi} RoI features)' if roi else ''}, "
         f"{settings.backbone}{'' if args.train_backbone else ' (frozen)'}, "
         f"budget {settings.budget}, seed {args.seed}, {metrics['seconds']:.0f} s"
+        + (
+            f" (went on from the state saved at step {metrics['resumed_at']})"
+            if metrics["resumed_at"]
+            else ""
+        )
     )
     print("  ".join(f"{m} {metrics[m] * 100:5.1f}" for m in METRICS))
     print(f"wrote {out}/metrics.json, checkpoint.pt, tb/ (tensorboard --logdir {out})")
@@ -560,7 +565,15 @@ def _compare(args: argparse.Namespace) -> None:
     seeds = list(range(args.seeds))
     workers = args.workers or _default_workers(args.cpus_per_trial, gpus)
     measure_costs(items, settings)
-    run_jobs(items, seeds, data, settings, out_dir, workers, args.cpus_per_trial, gpus, out=_progress)
+    try:
+        run_jobs(items, seeds, data, settings, out_dir, workers, args.cpus_per_trial, gpus, out=_progress)
+    except KeyboardInterrupt:
+        print(
+            f"stopped; finished trainings are kept in {out_dir}/jobs and stopped ones go on from their "
+            "last saved state. Resume with the same command.",
+            file=sys.stderr,
+        )
+        raise
     print(write_results(items, seeds, settings, out_dir))
     print(f"wrote {out_dir}/compare.md, compare.csv, compare.png")
 

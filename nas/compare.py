@@ -2,8 +2,9 @@
 
 Every neck is trained in the run's proxy detector (its settings, the budget asked for) once per
 seed, as Ray tasks -- ``workers`` at a time, each with its CPU/GPU share -- on the data prepared
-once and shared through Ray's object store. A job whose ``metrics.json`` exists is not rerun, so
-an interrupted comparison resumes. Results: ``compare.md``, ``compare.csv`` and ``compare.png``
+once and shared through Ray's object store. A job whose ``metrics.json`` exists is not rerun and
+one that was cut short goes on from its last saved state (``nas.resume``), so an interrupted
+comparison resumes. Results: ``compare.md``, ``compare.csv`` and ``compare.png``
 in ``runs/NAME/compare/``.
 
 A baseline is a fixed neck or a genotype file, optionally with a RoI mode for the two-stage
@@ -38,6 +39,7 @@ from nas.evaluate import METRICS
 from nas.genotype import Genotype
 from nas.necks import NeckSpec, resolve_neck
 from nas.proxy_data import ProxyData
+from nas.resume import RESUME_FILE
 from nas.runs import COST_IMAGE_SIZE, RunFolder
 from nas.settings import ROI_MODES, ProxySettings
 from nas.tables import format_table
@@ -199,18 +201,28 @@ def run_jobs(
         remote = train.options(num_cpus=cpus, num_gpus=gpus)
         queue, running = list(pending), {}
         total, finished = len(pending), 0
-        out(f"compare: {total} trainings ({len(items)} necks x {len(seeds)} seeds), {workers} at a time")
-        while queue or running:
-            while queue and len(running) < workers:
-                entry, seed = queue.pop(0)
-                ref = remote.remote(entry.neck, seed, str(job_dir(entry, seed)), shared, threads)
-                running[ref] = (entry, seed)
-            ready, _ = ray.wait(list(running), num_returns=1)
-            entry, seed = running.pop(ready[0])
-            result = ray.get(ready[0])
-            entry.runs.append(result)
-            finished += 1
-            out(f"  [{finished}/{total}] {entry.label} seed {seed}: AP {result['AP'] * 100:.1f}")
+        resumed = sum((job_dir(entry, seed) / RESUME_FILE).is_file() for entry, seed in pending)
+        out(
+            f"compare: {total} of {len(items) * len(seeds)} trainings to run ({len(items)} necks x "
+            f"{len(seeds)} seeds), {workers} at a time"
+            + (f"; {resumed} go on from their saved state" if resumed else "")
+        )
+        try:
+            while queue or running:
+                while queue and len(running) < workers:
+                    entry, seed = queue.pop(0)
+                    ref = remote.remote(entry.neck, seed, str(job_dir(entry, seed)), shared, threads)
+                    running[ref] = (entry, seed)
+                ready, _ = ray.wait(list(running), num_returns=1)
+                entry, seed = running.pop(ready[0])
+                result = ray.get(ready[0])
+                entry.runs.append(result)
+                finished += 1
+                out(f"  [{finished}/{total}] {entry.label} seed {seed}: AP {result['AP'] * 100:.1f}")
+        except KeyboardInterrupt:
+            for ref in running:  # on a joined cluster they would train on after this process stops
+                ray.cancel(ref, force=True)
+            raise
 
 
 def verdicts(items: list[Entry]) -> list[str]:

@@ -2,10 +2,13 @@
 
 ``train_proxy`` is the unit of work of every search trial and of ``nasfpn train``; it calls
 ``report(step, metrics)`` after each evaluation (for early stopping) and returns the final
-metrics. With ``freeze_backbone`` (the default) the backbone's C3..C5 are computed once per
-dataset (``nas.proxy_data``) and a step trains only the neck and the heads. A neck that runs the
-backbone itself (``NeckSpec.needs_images``: RFP) is built around a body with the proxy's
-backbone weights -- frozen by the neck when ``freeze_backbone`` -- and fed images.
+metrics. A training with an output folder saves its state there every few minutes
+(``nas.resume``) and, started again into that folder, goes on from the saved step.
+
+With ``freeze_backbone`` (the default) the backbone's C3..C5 are computed once per dataset
+(``nas.proxy_data``) and a step trains only the neck and the heads. A neck that runs the backbone
+itself (``NeckSpec.needs_images``: RFP) is built around a body with the proxy's backbone weights
+-- frozen by the neck when ``freeze_backbone`` -- and fed images.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from nas.errors import TrainingError
 from nas.evaluate import coco_ap
 from nas.necks import NeckSpec
 from nas.proxy_data import ProxyData
+from nas.resume import RESUME_FILE, SAVE_EVERY, ResumeFile
 from nas.settings import BUDGETS, Budget, ProxySettings
 
 Report = Callable[[int, dict[str, float]], None]
@@ -43,33 +47,42 @@ def train_proxy(
     report: Report | None = None,
     progress: bool = True,
     costs: dict[str, float] | None = None,
+    save_every: float = SAVE_EVERY,
 ) -> dict[str, Any]:
     """Trains ``neck`` in the proxy detector; returns AP, AP50, AP75, APs, APm, APl and timings.
 
     With ``out_dir``: writes ``metrics.json`` (with ``costs``, when given), ``checkpoint.pt`` (a
-    state_dict) and TensorBoard scalars under ``tb/``. ``report`` hears the last evaluation only
-    after those are written: a scheduler may stop the trial at any report.
+    state_dict) and TensorBoard scalars under ``tb/``; while training, its state every
+    ``save_every`` seconds to ``resume.pt``, from which a later call for the same training goes on
+    (and which it removes when done). ``report`` hears the last evaluation only after the files
+    are written: a scheduler may stop the trial at any report.
     """
     budget = BUDGETS[settings.budget]
     torch.manual_seed(seed)
     model = build_proxy_model(neck, data, settings)
-    writer = _writer(out_dir)
+    resume = None
+    if out_dir is not None:
+        key = training_key(neck, data, settings, seed)
+        resume = ResumeFile(Path(out_dir) / RESUME_FILE, key, save_every)
+    writer = _writer(out_dir, resume.step if resume is not None else 0)
     start = time.perf_counter()
 
     def interim(step: int, metrics: dict[str, float]) -> None:
         if report is not None and step < budget.steps:
             report(step, metrics)
 
-    metrics = fit(model, data, settings, budget, seed, interim, writer, progress, neck.name)
+    metrics = fit(model, data, settings, budget, seed, interim, writer, progress, neck.name, resume)
     result = {
         **metrics,
         "steps": budget.steps,
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round((resume.seconds if resume is not None else 0.0) + time.perf_counter() - start, 2),
         "seed": seed,
+        "resumed_at": resume.step if resume is not None else 0,  # 0: trained in one go
     }
     if out_dir is not None:
         _save(Path(out_dir), model, neck, settings, result, costs)
         writer.close()
+        resume.remove()
     if report is not None:
         report(budget.steps, metrics)
     return result
@@ -85,12 +98,14 @@ def fit(
     writer: Any = None,
     progress: bool = True,
     desc: str = "",
+    resume: ResumeFile | None = None,
 ) -> dict[str, float]:
     """The training loop: AdamW with warm-up and cosine decay; returns the last evaluation.
 
     AdamW, not the SGD of long detection schedules: in a few hundred steps from scratch SGD
     left RetinaNet's focal loss on its plateau (AP 0.015 after 300 steps on 32 images, where
-    AdamW reached 0.42 on 64).
+    AdamW reached 0.42 on 64). With ``resume``: starts from its saved state, if any, and saves
+    the state whenever it is due.
     """
     torch.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -101,10 +116,16 @@ def fit(
     eval_steps = {round(budget.steps * (k + 1) / budget.evaluations) for k in range(budget.evaluations)}
     batches = shuffled_batches(len(data.train), budget.batch_size, seed)
     metrics: dict[str, float] = {}
-    bar = tqdm(total=budget.steps, desc=desc or "train", disable=not progress, leave=False)
     device = default_device()
     model.to(device).train()
-    for step in range(1, budget.steps + 1):
+    done = 0
+    if resume is not None and resume.state is not None:
+        metrics = resume.restore(model, optimizer, scheduler)
+        done = resume.step
+        for _ in range(done):  # the batches the saved steps drew
+            next(batches)
+    bar = tqdm(total=budget.steps, initial=done, desc=desc or "train", disable=not progress, leave=False)
+    for step in range(done + 1, budget.steps + 1):
         index = next(batches)
         inputs = data.inputs("train", index, device, images=model.takes_images)
         losses = model(inputs, data.targets(index, device))
@@ -127,8 +148,10 @@ def fit(
             if writer is not None:
                 for name, value in metrics.items():
                     writer.add_scalar(f"val/{name}", value, step)
-            if report is not None:
-                report(step, metrics)
+        if resume is not None and step < budget.steps and resume.due():
+            resume.save(step, model, optimizer, scheduler, metrics)
+        if step in eval_steps and report is not None:
+            report(step, metrics)
     bar.close()
     return metrics
 
@@ -139,6 +162,20 @@ def roi_mode(neck: NeckSpec, settings: ProxySettings) -> str | None:
     if settings.detector != "fasterrcnn":
         return None
     return neck.roi or settings.roi
+
+
+def training_key(neck: NeckSpec, data: ProxyData, settings: ProxySettings, seed: int) -> dict[str, Any]:
+    """What makes a training the same one, for resuming it: the neck, the proxy, the seed, the data."""
+    return {
+        "neck": neck.name,
+        "genotype": neck.genotype.to_dict() if neck.genotype is not None else None,
+        "repeats": neck.repeats,
+        "norm": neck.norm,
+        "roi": roi_mode(neck, settings),
+        "settings": asdict(settings),
+        "seed": seed,
+        "images": [data.train.image_ids, data.val.image_ids],
+    }
 
 
 def build_proxy_model(neck: NeckSpec, data: ProxyData, settings: ProxySettings) -> ProxyDetector:
@@ -224,12 +261,13 @@ def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
     return factor
 
 
-def _writer(out_dir: str | Path | None):
+def _writer(out_dir: str | Path | None, resumed_at: int = 0):
     if out_dir is None:
         return None
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(str(Path(out_dir) / "tb"))
+    # A resumed training drops the scalars its interrupted run wrote after the saved step.
+    return SummaryWriter(str(Path(out_dir) / "tb"), purge_step=resumed_at + 1 if resumed_at else None)
 
 
 def _save(

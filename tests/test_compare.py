@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
 import optuna
+import ray
 from PIL import Image
 
 from nas.cli import main
@@ -116,3 +121,30 @@ def test_gpu_latency_gets_a_column_only_where_it_was_measured(tmp_path: Path) ->
         assert ("| GPU ms |" in markdown) is expected and ("gpu_latency_ms" in row) is expected
         if expected:
             assert "| 0.25 |" in markdown and float(row["gpu_latency_ms"]) == 0.25
+
+
+def test_ctrl_c_stops_a_comparison_mid_training_and_says_how_to_resume(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "cmp"
+    job = out / "jobs" / "full" / "fpn" / "seed0"
+
+    def press_ctrl_c_once_training() -> None:
+        deadline = time.monotonic() + 120
+        while not (job / "tb").is_dir() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c_once_training, daemon=True).start()
+    # The full budget: 2,000 steps, so the training is far from done when Ctrl-C comes.
+    args = ["compare", "--baselines", "fpn", "--seeds", "1", "--budget", "full", "--width", "16"]
+    data = ["--data", str(tiny_dataset), "--backbone-checkpoint", str(backbone_checkpoint)]
+    assert main([*args, *data, "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert "Resume with the same command" in err and "Traceback" not in err
+    assert (job / "tb").is_dir() and not (job / "metrics.json").exists()  # stopped mid-training
+    # ... and the training stopped too: the session's cluster gets its CPU back.
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == 2

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import nas.proxy_data
+import nas.settings
 from fixed_necks import FIXED_NECKS, FixedNeck
 from fixed_necks.fpn import FPN
 from nas.backbone import backbone_widths, resnet_body
@@ -171,3 +172,79 @@ def test_letterbox_keeps_aspect_and_maps_boxes_back(tmp_path: Path) -> None:
     (result,) = coco_results(detections, split.scales[0].item(), 7, split.category_ids)
     assert result["category_id"] == 5 and result["image_id"] == 7
     assert result["bbox"] == pytest.approx([20, 10, 100, 50], abs=1e-4)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_training_resumes_to_the_same_weights_and_ap(
+    tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    # Faster R-CNN samples its RoIs at random: a resume that lost the RNG state would differ.
+    monkeypatch.setitem(nas.settings.BUDGETS, "quick", Budget(steps=6, evaluations=2, batch_size=4))
+    settings = _settings(backbone_checkpoint, detector="fasterrcnn")
+    data = prepare_proxy_data(*_splits(tiny_dataset), settings, tmp_path / "cache", progress=False)
+    neck = resolve_neck("fpn")
+    whole = train_proxy(neck, data, settings, seed=1, out_dir=tmp_path / "whole", progress=False)
+
+    def stop_at_first_evaluation(step: int, metrics: dict[str, float]) -> None:
+        raise Interrupted
+
+    run = tmp_path / "run"
+    with pytest.raises(Interrupted):
+        train_proxy(
+            neck,
+            data,
+            settings,
+            seed=1,
+            out_dir=run,
+            progress=False,
+            report=stop_at_first_evaluation,
+            save_every=0,
+        )
+    assert (run / "resume.pt").is_file() and not (run / "metrics.json").exists()
+    reports: list[int] = []
+    resumed = train_proxy(
+        neck, data, settings, seed=1, out_dir=run, progress=False, report=lambda step, m: reports.append(step)
+    )
+    assert reports == [6] and resumed["resumed_at"] == 3  # steps 1..3 and their evaluation not redone
+    assert {m: resumed[m] for m in METRICS} == {m: whole[m] for m in METRICS}
+    weights = torch.load(run / "checkpoint.pt", weights_only=True)
+    for name, value in torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True).items():
+        assert torch.equal(weights[name], value), name
+    assert not (run / "resume.pt").exists()
+
+
+def test_a_saved_state_of_another_training_is_not_resumed(
+    tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setitem(nas.settings.BUDGETS, "quick", Budget(steps=4, evaluations=2, batch_size=4))
+    settings = _settings(backbone_checkpoint)
+    data = prepare_proxy_data(*_splits(tiny_dataset), settings, tmp_path / "cache", progress=False)
+
+    def stop(step: int, metrics: dict[str, float]) -> None:
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        train_proxy(
+            resolve_neck("fpn"),
+            data,
+            settings,
+            seed=0,
+            out_dir=tmp_path,
+            progress=False,
+            report=stop,
+            save_every=0,
+        )
+    reports: list[int] = []
+    train_proxy(
+        resolve_neck("fpn"),
+        data,
+        settings,
+        seed=2,
+        out_dir=tmp_path,
+        progress=False,
+        report=lambda s, m: reports.append(s),
+    )
+    assert reports == [2, 4]  # another seed: trained from the start
