@@ -9,6 +9,7 @@ goes on.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,9 @@ def run_trial(config: dict[str, Any], data: SharedObject[ProxyData], settings: P
             report=report,
             progress=False,
             costs=costs,
+            # No resume.pt: ASHA stops trials without a word, which would leave one in every
+            # stopped trial's folder, and a trial is minutes long; the search requeues it.
+            save_every=math.inf,
         )
     except Exception as e:  # noqa: BLE001 -- any failure is the trial's outcome, recorded with its reason
         message = str(e).splitlines()[0] if str(e) else ""
