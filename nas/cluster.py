@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import FrameType
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
@@ -14,7 +16,12 @@ _fetched: dict[str, Any] = {}  # this worker process's fetched shared values, by
 @contextmanager
 def ray_cluster(address: str | None = None) -> Iterator[None]:
     """Uses the Ray session already open in this process, else joins ``address``, else starts a
-    local cluster; what it started, it stops."""
+    local cluster; what it started, it stops.
+
+    Meanwhile SIGTERM (``kill``, a batch system's time limit) stops the work as Ctrl-C does --
+    finished work kept, the resume command printed -- where Ray's own handler would abort the
+    process with a stack dump.
+    """
     import ray
 
     if ray.is_initialized():
@@ -23,10 +30,20 @@ def ray_cluster(address: str | None = None) -> Iterator[None]:
     # Ray's start-up notices (token auth, local instance) are not the user's business.
     logging.getLogger("ray").setLevel(logging.ERROR)
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    rays_handler = signal.signal(signal.SIGTERM, _as_ctrl_c)
     try:
         yield
     finally:
+        signal.signal(signal.SIGTERM, rays_handler)
         ray.shutdown()
+
+
+def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
+    """Whatever Ctrl-C does now: Tune's graceful stop while a search runs, else KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):  # ignored, as in a background job: stop all the same
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
 
 
 class SharedObject(Generic[T]):

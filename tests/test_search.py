@@ -225,8 +225,14 @@ def test_impossible_search_options_are_one_line_errors(
     assert not (tmp_path / "e").exists()
 
 
-def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
-    spawn, ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_or_kill_stops_cleanly_and_says_how_to_resume(
+    stop: signal.Signals,
+    spawn,
+    ray_cluster: str,
+    tiny_dataset: Path,
+    backbone_checkpoint: Path,
+    tmp_path: Path,
 ) -> None:
     args = _search_args("c", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", "tpe")
     search = spawn(
@@ -240,7 +246,7 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(
     while TrialState.COMPLETE not in [t.state for t in _trials_while_running(run)]:
         assert search.poll() is None and time.monotonic() < deadline, search.communicate()[0][-4000:]
         time.sleep(0.3)
-    search.send_signal(signal.SIGINT)
+    search.send_signal(stop)
     output, _ = search.communicate(timeout=120)
     assert search.returncode == 130, output
     assert "Resume with: nasfpn search --name c" in output and "Traceback" not in output
