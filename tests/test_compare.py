@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import optuna
+import pytest
 import ray
 from PIL import Image
 
@@ -123,8 +124,16 @@ def test_gpu_latency_gets_a_column_only_where_it_was_measured(tmp_path: Path) ->
             assert "| 0.25 |" in markdown and float(row["gpu_latency_ms"]) == 0.25
 
 
+@pytest.fixture
+def sigint_handler():
+    """Restores SIGINT's handler after a test that sets its own."""
+    previous = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_stops_a_comparison_mid_training_and_says_how_to_resume(
-    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
+    sigint_handler, ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
 ) -> None:
     out = tmp_path / "cmp"
     job = out / "jobs" / "full" / "fpn" / "seed0"
@@ -135,6 +144,8 @@ def test_ctrl_c_stops_a_comparison_mid_training_and_says_how_to_resume(
             time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGINT)
 
+    # Where the suite runs as a background job SIGINT is ignored: give it its Ctrl-C meaning.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     threading.Thread(target=press_ctrl_c_once_training, daemon=True).start()
     # The full budget: 2,000 steps, so the training is far from done when Ctrl-C comes.
     args = ["compare", "--baselines", "fpn", "--seeds", "1", "--budget", "full", "--width", "16"]
