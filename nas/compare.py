@@ -39,11 +39,11 @@ from nas.evaluate import METRICS
 from nas.genotype import Genotype
 from nas.necks import NeckSpec, resolve_neck
 from nas.proxy_data import ProxyData
-from nas.resume import RESUME_FILE
+from nas.resume import RESUME_FILE, ResumeFile
 from nas.runs import COST_IMAGE_SIZE, RunFolder
 from nas.settings import ROI_MODES, ProxySettings
 from nas.tables import format_table
-from nas.train import roi_mode
+from nas.train import roi_mode, training_key
 from search_spaces import get_space
 
 ALPHA = 0.05
@@ -201,7 +201,13 @@ def run_jobs(
         remote = train.options(num_cpus=cpus, num_gpus=gpus)
         queue, running = list(pending), {}
         total, finished = len(pending), 0
-        resumed = sum((job_dir(entry, seed) / RESUME_FILE).is_file() for entry, seed in pending)
+        resumed = sum(
+            ResumeFile(
+                job_dir(entry, seed) / RESUME_FILE, training_key(entry.neck, data, settings, seed)
+            ).step
+            > 0
+            for entry, seed in pending
+        )
         out(
             f"compare: {total} of {len(items) * len(seeds)} trainings to run ({len(items)} necks x "
             f"{len(seeds)} seeds), {workers} at a time"

@@ -40,10 +40,10 @@ class ResumeFile:
         """Optimiser steps already done (0 without a saved state)."""
         return self.state["step"] if self.state is not None else 0
 
-    @property
-    def seconds(self) -> float:
-        """Training seconds spent up to the saved state, in earlier runs."""
-        return self.state["seconds"] if self.state is not None else 0.0
+    def elapsed(self) -> float:
+        """Training seconds spent in all: up to the saved state in earlier runs, and in this one."""
+        earlier = self.state["seconds"] if self.state is not None else 0.0
+        return earlier + time.monotonic() - self._started
 
     def restore(
         self,
@@ -76,7 +76,7 @@ class ResumeFile:
         state = {
             "key": self.key,
             "step": step,
-            "seconds": self.seconds + time.monotonic() - self._started,
+            "seconds": self.elapsed(),
             "metrics": metrics,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),

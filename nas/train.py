@@ -65,7 +65,7 @@ def train_proxy(
         key = training_key(neck, data, settings, seed)
         resume = ResumeFile(Path(out_dir) / RESUME_FILE, key, save_every)
     writer = _writer(out_dir, resume.step if resume is not None else 0)
-    start = time.perf_counter()
+    start = time.monotonic()
 
     def interim(step: int, metrics: dict[str, float]) -> None:
         if report is not None and step < budget.steps:
@@ -75,7 +75,7 @@ def train_proxy(
     result = {
         **metrics,
         "steps": budget.steps,
-        "seconds": round((resume.seconds if resume is not None else 0.0) + time.perf_counter() - start, 2),
+        "seconds": round(resume.elapsed() if resume is not None else time.monotonic() - start, 2),
         "seed": seed,
         "resumed_at": resume.step if resume is not None else 0,  # 0: trained in one go
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 import ray
+import torch
 from PIL import Image
 
 from nas.cli import main
@@ -159,3 +160,18 @@ def test_ctrl_c_stops_a_comparison_mid_training_and_says_how_to_resume(
     while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert ray.available_resources().get("CPU", 0) == 2
+
+
+def test_a_state_saved_by_another_training_is_not_counted_as_resumed(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    out = tmp_path / "cmp"
+    job = out / "jobs" / "quick" / "fpn" / "seed0"
+    job.mkdir(parents=True)
+    torch.save({"key": {"neck": "another"}, "step": 40}, job / "resume.pt")
+    args = ["compare", "--baselines", "fpn", "--seeds", "1", "--budget", "quick", "--width", "16"]
+    data = ["--data", str(tiny_dataset), "--backbone-checkpoint", str(backbone_checkpoint)]
+    assert main([*args, *data, "--cache-dir", str(tmp_path / "cache"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "1 of 1 trainings to run" in printed and "saved state" not in printed
+    assert (job / "metrics.json").is_file() and not (job / "resume.pt").exists()

@@ -204,11 +204,13 @@ def test_an_interrupted_training_resumes_to_the_same_weights_and_ap(
             save_every=0,
         )
     assert (run / "resume.pt").is_file() and not (run / "metrics.json").exists()
+    seconds_before = torch.load(run / "resume.pt", weights_only=True)["seconds"]
     reports: list[int] = []
     resumed = train_proxy(
         neck, data, settings, seed=1, out_dir=run, progress=False, report=lambda step, m: reports.append(step)
     )
     assert reports == [6] and resumed["resumed_at"] == 3  # steps 1..3 and their evaluation not redone
+    assert resumed["seconds"] > seconds_before > 0  # the time spent before the stop is counted
     assert {m: resumed[m] for m in METRICS} == {m: whole[m] for m in METRICS}
     weights = torch.load(run / "checkpoint.pt", weights_only=True)
     for name, value in torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True).items():
