@@ -41,7 +41,8 @@ def leaderboard(run: RunFolder, top: int = 10) -> str:
     for reason, count in failures.most_common():
         lines.append(f"failed x{count}: {reason}")
     if completed and fpn is not None:
-        gain = (completed[0].user_attrs["AP"] - fpn["AP"]) * 100
+        # Rounded first, then + 0.0: a gain that rounds to nothing prints "+0.0", never "-0.0".
+        gain = round((completed[0].user_attrs["AP"] - fpn["AP"]) * 100, 1) + 0.0
         lines.append(f"best trial {completed[0].number}: {gain:+.1f} AP over FPN on this proxy (one seed)")
     return "\n".join(lines)
 

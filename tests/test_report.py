@@ -7,6 +7,7 @@ train detectors (``helpers.make_run``).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from helpers import make_run
 from PIL import Image
 
 from nas.cli import main
+from nas.leaderboard import leaderboard
 from nas.report import pareto_front, rolling_mean, write_report
 from nas.runs import RunFolder, SearchConfig
 
@@ -106,3 +108,15 @@ def test_pareto_front_and_rolling_mean() -> None:
     points = [(1.0, 10.0), (2.0, 12.0), (2.0, 11.0), (3.0, 11.5), (0.5, 9.0), (4.0, 15.0)]
     assert pareto_front(points) == [4, 0, 1, 5]
     assert rolling_mean([1.0, 2.0, 3.0, 4.0], 2).tolist() == [1.0, 1.5, 2.5, 3.5]
+
+
+@pytest.mark.parametrize(("behind", "printed"), [(0.0004, "+0.0"), (-0.0006, "+0.1"), (0.0006, "-0.1")])
+def test_the_best_trials_gain_over_fpn_is_rounded_once(tmp_path: Path, behind: float, printed: str) -> None:
+    run = make_run(tmp_path / "gain", trials=3)
+    best = max(t.user_attrs["AP"] for t in run.load_study().trials)
+    path = run.baseline_dir("fpn") / "metrics.json"
+    record = json.loads(path.read_text())
+    record["metrics"]["AP"] = best + behind  # FPN this far ahead of the best trial
+    path.write_text(json.dumps(record))
+    last = leaderboard(run).splitlines()[-1]
+    assert f": {printed} AP over FPN" in last, last
