@@ -30,6 +30,7 @@ from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import box_iou
 
 from nas.backbone import BackboneWithNeck
+from nas.losses import retinanet_loss
 from nas.roi import one_level_features, pool_levels, roi_pooling
 from nas.settings import DETECTORS, ROI_MODES
 
@@ -288,13 +289,13 @@ class ProxyDetector(nn.Module):
         anchors = model.anchor_generator(images, features)
         if self.training:
             matches = self._matches(targets, anchors)
-            losses = model.head.compute_loss(targets, head_outputs, anchors, matches)
+            losses = retinanet_loss(model.head, targets, head_outputs, anchors, matches)
             if laterals is not None:
                 maps = list(laterals.values())
                 # Anchors are ordered level by level: the laterals' levels come first.
                 k = model.head.classification_head.num_anchors * sum(x.shape[2] * x.shape[3] for x in maps)
-                aux = model.head.compute_loss(
-                    targets, model.head(maps), [a[:k] for a in anchors], [m[:k] for m in matches]
+                aux = retinanet_loss(
+                    model.head, targets, model.head(maps), [a[:k] for a in anchors], [m[:k] for m in matches]
                 )
                 losses.update({f"aux_{name}": self.neck.auxiliary_weight * v for name, v in aux.items()})
             return losses

@@ -1,4 +1,4 @@
-"""The proxy detector's anchors and its two input modes."""
+"""The proxy detector's anchors, its two input modes and its batched RetinaNet loss."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from fixed_necks import FIXED_NECKS
 from nas.backbone import backbone_widths, resnet_body
 from nas.detector import CenteredAnchorGenerator, ProxyDetector, anchor_sizes
 from nas.errors import BackboneError
+from nas.losses import retinanet_loss
 from nas.settings import BACKBONE_WIDTHS
 
 
@@ -53,3 +54,37 @@ def test_images_and_cached_features_give_the_same_detections() -> None:
     for a, b in zip(from_images, from_features):
         torch.testing.assert_close(a["boxes"], b["boxes"])
         torch.testing.assert_close(a["scores"], b["scores"])
+
+
+def test_batched_loss_equals_torchvisions_per_image_loss() -> None:
+    """Same values and gradients as ``RetinaNetHead.compute_loss``, with an image that has no
+    boxes, one whose boxes are all small, and anchors ignored between the IoU thresholds."""
+    torch.manual_seed(0)
+    neck = FIXED_NECKS["fpn"].build_twin(backbone_widths("resnet10"), 32)
+    model = ProxyDetector("retinanet", torch.nn.Identity(), neck, 5, 128)
+    retinanet = model.detector
+    features = list(
+        neck([torch.randn(3, 128, 16, 16), torch.randn(3, 256, 8, 8), torch.randn(3, 512, 4, 4)]).values()
+    )
+    corners = torch.rand(7, 2) * 90
+    boxes = [
+        torch.cat([corners, corners + torch.rand(7, 2) * 40 + 4], 1),
+        torch.zeros(0, 4),
+        torch.tensor([[3.0, 3, 9, 8]]),
+    ]
+    targets = [{"boxes": b, "labels": torch.randint(1, 6, (len(b),))} for b in boxes]
+    # Random outputs, not the fresh head's: its prior makes every negative anchor's loss ~1e-6.
+    outputs = {k: torch.randn_like(v).requires_grad_() for k, v in retinanet.head(features).items()}
+    anchors = retinanet.anchor_generator(ImageList(torch.zeros(3, 3, 128, 128), [(128, 128)] * 3), features)
+    matches = model._matches(targets, anchors)
+    assert (torch.stack(matches) == -2).any() and (torch.stack(matches) >= 0).any()
+
+    expected = retinanet.head.compute_loss(targets, outputs, anchors, matches)
+    batched = retinanet_loss(retinanet.head, targets, outputs, anchors, matches)
+    assert batched.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(batched[name], expected[name])
+    expected_grads = torch.autograd.grad(sum(expected.values()), list(outputs.values()))
+    batched_grads = torch.autograd.grad(sum(batched.values()), list(outputs.values()))
+    for a, b in zip(batched_grads, expected_grads):
+        torch.testing.assert_close(a, b)
