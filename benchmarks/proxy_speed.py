@@ -39,6 +39,7 @@ from nas.data.coco import CocoDetection
 from nas.data.synth import synthesize
 from nas.detector import anchor_sizes
 from nas.evaluate import coco_ap
+from nas.losses import retinanet_loss
 from nas.necks import resolve_neck
 from nas.proxy_data import ProxyData, prepare_proxy_data
 from nas.settings import BUDGETS, ProxySettings
@@ -152,7 +153,8 @@ def step_breakdown(data: ProxyData, settings: ProxySettings, steps: int) -> dict
         lap("head")
         image_list = ImageList(images, [(settings.image_size, settings.image_size)] * len(index))
         anchors = detector.anchor_generator(image_list, features)
-        loss = sum(detector.compute_loss(targets, head_outputs, anchors).values())
+        matches = model._matches(targets, anchors)  # the proxy's matching and loss, as in training
+        loss = sum(retinanet_loss(detector.head, targets, head_outputs, anchors, matches).values())
         lap("loss + matching")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
