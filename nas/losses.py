@@ -37,6 +37,9 @@ def retinanet_loss(
         the GIoU loss over the foreground anchors; each summed per image, divided by the image's
         foreground count (at least 1) and averaged over the images.
     """
+    loss_type = head.regression_head._loss_type
+    if loss_type != "giou":
+        raise ValueError(f"retinanet_loss computes the GIoU box loss; this head's is {loss_type!r}")
     matched = torch.stack(matches)  # (N, A)
     n = matched.shape[0]
     foreground = matched >= 0

@@ -58,7 +58,8 @@ def test_images_and_cached_features_give_the_same_detections() -> None:
 
 def test_batched_loss_equals_torchvisions_per_image_loss() -> None:
     """Same values and gradients as ``RetinaNetHead.compute_loss``, with an image that has no
-    boxes, one whose boxes are all small, and anchors ignored between the IoU thresholds."""
+    boxes, one whose boxes are all small, and anchors ignored between the IoU thresholds; and a
+    head with another box loss is refused, not given GIoU's."""
     torch.manual_seed(0)
     neck = FIXED_NECKS["fpn"].build_twin(backbone_widths("resnet10"), 32)
     model = ProxyDetector("retinanet", torch.nn.Identity(), neck, 5, 128)
@@ -88,3 +89,7 @@ def test_batched_loss_equals_torchvisions_per_image_loss() -> None:
     batched_grads = torch.autograd.grad(sum(batched.values()), list(outputs.values()))
     for a, b in zip(batched_grads, expected_grads):
         torch.testing.assert_close(a, b)
+
+    retinanet.head.regression_head._loss_type = "l1"
+    with pytest.raises(ValueError, match="GIoU"):
+        retinanet_loss(retinanet.head, targets, outputs, anchors, matches)
