@@ -42,14 +42,9 @@ from nas.evaluate import coco_ap
 from nas.losses import retinanet_loss
 from nas.necks import resolve_neck
 from nas.proxy_data import ProxyData, prepare_proxy_data
+from nas.schedule import shuffled_batches, warmup_cosine
 from nas.settings import BUDGETS, ProxySettings
-from nas.train import (
-    build_proxy_model,
-    coco_results,
-    shuffled_batches,
-    train_proxy,
-    warmup_cosine,
-)
+from nas.train import build_proxy_model, coco_results, train_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 

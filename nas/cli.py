@@ -358,6 +358,9 @@ def _train(args: argparse.Namespace) -> None:
         )
     )
     print("  ".join(f"{m} {metrics[m] * 100:5.1f}" for m in METRICS))
+    groups = [m for m in metrics if m.startswith("AP_")]  # per supercategory, when there are several
+    if groups:
+        print("  ".join(f"{m} {metrics[m] * 100:5.1f}" for m in groups))
     print(f"wrote {out}/metrics.json, checkpoint.pt, tb/ (tensorboard --logdir {out})")
 
 

@@ -265,6 +265,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
     header = [
         "neck",
         *(["RoI"] if two_stage else []),
+        "repeats",
         "AP (mean ± std)",
         *METRICS[1:],
         "params",
@@ -279,6 +280,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
             [
                 label,
                 *([roi_mode(e.neck, settings)] if two_stage else []),
+                str(e.neck.repeats),
                 f"{e.mean('AP') * 100:.1f} ± {e.std('AP') * 100:.1f}",
                 *(f"{e.mean(m) * 100:.1f}" for m in METRICS[1:]),
                 f"{e.costs['params'] / 1e6:.2f}M",
@@ -290,7 +292,8 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
     lines = [
         f"# Comparison: {settings.detector}, budget {settings.budget}, seeds {', '.join(map(str, seeds))}",
         "",
-        f"AP in points; costs of the neck alone at {COST_IMAGE_SIZE}x{COST_IMAGE_SIZE}, one CPU thread"
+        f"AP in points; every neck {settings.width} channels wide, repeated as its paper does; "
+        f"costs of the neck alone at {COST_IMAGE_SIZE}x{COST_IMAGE_SIZE}, one CPU thread"
         + (" (GPU: batch 1)." if gpu else "."),
         "",
         "| " + " | ".join(header) + " |",
@@ -311,6 +314,8 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
                 "neck",
                 "found",
                 "roi",
+                "repeats",
+                "width",
                 "seeds",
                 *(f"{m}_mean" for m in METRICS),
                 "AP_std",
@@ -327,6 +332,8 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
                     e.label,
                     e.found,
                     roi_mode(e.neck, settings) or "-",  # RetinaNet pools no RoIs
+                    e.neck.repeats,
+                    settings.width,
                     len(e.runs),
                     *means,
                     round(e.std("AP"), 5),

@@ -1,5 +1,9 @@
 """COCO AP with pycocotools' COCOeval.
 
+Groups: where the categories have more than one ``supercategory`` (the embedded data's
+context, shape and detail groups; COCO's animal, vehicle, ...), ``AP_<group>`` is the AP over
+that group's categories alone, from the same evaluation.
+
 Size classes: COCO splits small/medium/large at 32^2 and 96^2 pixels of a ~640-px image. A
 proxy dataset of small images would put every object in "small"; the thresholds are scaled
 by (mean image side / 640)^2 so APs/APm/APl keep their meaning at any resolution.
@@ -23,10 +27,12 @@ def coco_ap(coco: COCO, detections: Sequence[dict], image_ids: Sequence[int]) ->
     """AP, AP50, AP75, APs, APm, APl in [0, 1] of ``detections`` (COCO result dicts:
     image_id, category_id, bbox [x, y, w, h] in original pixels, score) on ``image_ids``.
 
-    A metric with no ground truth in its class (e.g. no large objects) is reported as 0.
+    A metric with no ground truth in its class (e.g. no large objects) is reported as 0. Plus
+    ``AP_<group>`` per supercategory when there are several.
     """
+    groups = category_groups(coco)
     if not detections:
-        return dict.fromkeys(METRICS, 0.0)
+        return dict.fromkeys([*METRICS, *(f"AP_{g}" for g in groups)], 0.0)
     with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its progress
         results = coco.loadRes(list(detections))
         evaluator = COCOeval(coco, results, "bbox")
@@ -38,4 +44,19 @@ def coco_ap(coco: COCO, detections: Sequence[dict], image_ids: Sequence[int]) ->
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return {name: max(0.0, float(value)) for name, value in zip(METRICS, evaluator.stats[:6])}
+    metrics = {name: max(0.0, float(value)) for name, value in zip(METRICS, evaluator.stats[:6])}
+    # precision is (IoU thresholds, recall points, categories, areas, max detections): all areas, 100
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]
+    for group, category_ids in groups.items():
+        columns = [k for k, c in enumerate(evaluator.params.catIds) if c in category_ids]
+        values = precision[:, :, columns]
+        metrics[f"AP_{group}"] = float(values[values > -1].mean()) if (values > -1).any() else 0.0
+    return metrics
+
+
+def category_groups(coco: COCO) -> dict[str, set[int]]:
+    """Category ids by ``supercategory``, in order of first appearance; empty with fewer than two."""
+    groups: dict[str, set[int]] = {}
+    for category in coco.dataset.get("categories", []):
+        groups.setdefault(str(category.get("supercategory", "")), set()).add(category["id"])
+    return groups if len(groups) > 1 else {}

@@ -1,8 +1,8 @@
 """The data of a proxy trial, prepared once and shared by every trial on a machine.
 
 Both splits are decoded and letterboxed once (``nas.data.letterbox``). The backbone is
-trained once per dataset -- end to end, inside the proxy detector with an FPN neck, for
-``PRETRAIN_BUDGET`` -- and cached on disk, keyed by the dataset and the settings that shape it.
+pretrained once per dataset on labels coarser than the detector's (``nas.pretrain``) and cached
+on disk, keyed by the dataset and the settings that shape it.
 With ``freeze_backbone`` its C3..C5 for every image are then computed once, kept in float16,
 and a trial's step runs only the neck and the heads. A user's backbone checkpoint replaces the
 pretraining.
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from nas import pretrain
 from nas.backbone import resnet_body
 from nas.data.coco import CocoDetection, DatasetError
 from nas.data.letterbox import MIN_BOX_SIDE, ProxySplit, letterbox_split
@@ -29,8 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PRETRAIN_STEPS = 800
-PRETRAIN_VERSION = 4  # bump when pretraining changes, so stale cached backbones are not reused
+PRETRAIN_VERSION = 6  # bump when pretraining changes, so stale cached backbones are not reused
 
 
 @dataclass
@@ -118,31 +118,7 @@ def _pretrained_body(
     path = cache_dir / f"backbone-{_pretrain_key(train, settings)}.pt"
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)
-    from fixed_necks import FIXED_NECKS
-    from nas.necks import NeckSpec
-    from nas.settings import Budget
-    from nas.train import build_proxy_model, fit
-
-    logger.info(
-        "pretraining %s on %s for %d steps (once per dataset)",
-        settings.backbone,
-        train.annotation_file,
-        PRETRAIN_STEPS,
-    )
-    fpn = FIXED_NECKS["fpn"]
-    pretrain = replace(settings, freeze_backbone=False, roi="fpn")  # one backbone whatever the RoI mode
-    data.body_state = resnet_body(settings.backbone).state_dict()
-    model = build_proxy_model(NeckSpec(fpn.genotype, fpn.repeats, fpn.norm), data, pretrain)
-    fit(
-        model,
-        data,
-        pretrain,
-        Budget(PRETRAIN_STEPS, evaluations=0),  # no evaluation: only the weights are kept
-        seed=0,
-        progress=progress,
-        desc="backbone",
-    )
-    state = {k: v.cpu() for k, v in model.body.state_dict().items()}
+    state = pretrain.pretrain_body(data.train, settings.backbone, pretrain.PRETRAIN_STEPS, progress=progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save(state, partial)
@@ -152,13 +128,6 @@ def _pretrained_body(
 
 def _pretrain_key(train: CocoDetection, settings: ProxySettings) -> str:
     digest = hashlib.sha256(Path(train.annotation_file).read_bytes())
-    fields = (
-        settings.detector,
-        settings.backbone,
-        settings.image_size,
-        settings.width,
-        PRETRAIN_STEPS,
-        PRETRAIN_VERSION,
-    )
+    fields = (settings.backbone, settings.image_size, pretrain.PRETRAIN_STEPS, PRETRAIN_VERSION)
     digest.update(repr(fields).encode())
     return digest.hexdigest()[:16]

@@ -14,7 +14,6 @@ itself (``NeckSpec.needs_images``: RFP) is built around a body with the proxy's 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -33,6 +32,7 @@ from nas.evaluate import coco_ap
 from nas.necks import NeckSpec
 from nas.proxy_data import ProxyData
 from nas.resume import RESUME_FILE, SAVE_EVERY, ResumeFile
+from nas.schedule import shuffled_batches, warmup_cosine
 from nas.settings import BUDGETS, Budget, ProxySettings
 
 Report = Callable[[int, dict[str, float]], None]
@@ -238,27 +238,6 @@ def coco_results(
         {"image_id": image_id, "category_id": category_ids[label - 1], "bbox": box, "score": score}
         for box, score, label in zip(xywh, detections["scores"].tolist(), detections["labels"].tolist())
     ]
-
-
-def shuffled_batches(n: int, batch_size: int, seed: int):
-    """Endless shuffled batches of indices; one seeded permutation per epoch."""
-    generator = torch.Generator().manual_seed(seed)
-    batch_size = min(batch_size, n)
-    while True:
-        order = torch.randperm(n, generator=generator)
-        for start in range(0, n - batch_size + 1, batch_size):
-            yield order[start : start + batch_size]
-
-
-def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
-    warmup = min(warmup, max(1, steps // 5))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
-
-    return factor
 
 
 def _writer(out_dir: str | Path | None, resumed_at: int = 0):

@@ -60,6 +60,7 @@ def test_compare_writes_every_file_with_every_row_filled(
     rows = list(csv.DictReader((out / "compare.csv").open()))
     assert [r["neck"] for r in rows] == ["trial 0", "fpn", "bifpn"]
     assert [r["found"] for r in rows] == ["True", "False", "False"]
+    assert [r["repeats"] for r in rows] == ["1", "1", "3"]  # BiFPN as its paper repeats it
     for row in rows:
         assert row["seeds"] == "2" and all(value != "" for value in row.values())
         assert 0.0 <= float(row["AP_mean"]) <= 1.0 and int(row["params"]) > 0

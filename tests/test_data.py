@@ -45,6 +45,8 @@ def test_layout_and_valid_coco(tiny: Path) -> None:
     for split, count in (("train", 6), ("val", 3)):
         data = json.loads((tiny / "annotations" / f"instances_{split}.json").read_text())
         assert [c["name"] for c in data["categories"]] == list(synth.CATEGORIES)
+        assert {c["supercategory"] for c in data["categories"]} == {"context", "shape", "detail"}
+        assert data["tags"] == list(synth.TAGS)
         assert len(data["images"]) == count
         for image in data["images"]:
             assert image["file_name"].startswith(f"{split}/")
@@ -71,14 +73,17 @@ def test_deterministic_bytes_and_seed_matters(tiny: Path, tmp_path: Path) -> Non
 
 
 def test_any_image_regenerates_alone(tiny: Path) -> None:
-    image, objects = synth.render(1, "val", 2, 64)
+    image, objects, tags = synth.render(1, "val", 2, 64)
     with Image.open(tiny / "images" / "val" / "000002.png") as written:
         assert np.array_equal(np.asarray(image), np.asarray(written))
     data = json.loads((tiny / "annotations" / "instances_val.json").read_text())
     stored = [
-        {k: a[k] for k in ("category_id", "bbox", "area")} for a in data["annotations"] if a["image_id"] == 3
+        {k: a[k] for k in ("category_id", "bbox", "area", "coarse")}
+        for a in data["annotations"]
+        if a["image_id"] == 3
     ]
     assert stored == objects
+    assert data["images"][2]["tags"] == tags
 
 
 def test_workers_do_not_change_the_output(tmp_path: Path) -> None:
@@ -98,14 +103,69 @@ def test_ground_truth_as_detections_scores_ap_1(tiny: Path) -> None:
     assert evaluation.stats[0] == pytest.approx(1.0)
 
 
-def test_sizes_span_five_octaves_skewed_small() -> None:
-    sides = np.array([max(a["bbox"][2:]) for i in range(120) for a in synth.render(0, "train", i)[1]])
-    assert sides.max() / sides.min() >= 32
-    octaves = [int(((sides >= lo) & (sides < 2 * lo)).sum()) for lo in (4, 8, 16, 32, 64)]
-    assert all(octaves), octaves
-    assert (sides < 16).mean() > 0.4 and (sides >= 32).mean() < 0.4  # many small ones
-    categories = {a["category_id"] for i in range(40) for a in synth.render(0, "train", i)[1]}
+SCENES = [synth.render(0, "train", i) for i in range(150)]  # default size
+
+
+def _named(objects: list[dict]) -> list[tuple[str, list[float]]]:
+    return [(synth.CATEGORIES[a["category_id"] - 1], a["bbox"]) for a in objects]
+
+
+def _xyxy(bbox: list[float]) -> tuple[float, float, float, float]:
+    return bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]
+
+
+def test_sizes_span_three_octaves_from_one_p3_stride() -> None:
+    sides = np.array([max(a["bbox"][2:]) for _, objects, _ in SCENES for a in objects])
+    assert sides.min() >= 7.5 and sides.max() / sides.min() >= 2**3  # P3's stride is 8 px
+    groups = {synth.CATEGORY_GROUPS[a["category_id"] - 1][1] for _, objects, _ in SCENES for a in objects}
+    assert groups == {"context", "shape", "detail"}
+    categories = {a["category_id"] for _, objects, _ in SCENES[:40] for a in objects}
     assert categories == set(range(1, len(synth.CATEGORIES) + 1))
+
+
+def test_a_token_is_named_by_its_scene_and_lies_far_from_the_plate() -> None:
+    tokens = 0
+    for _, objects, tags in SCENES:
+        theme = tags[0].removeprefix("theme_")
+        plates = [box for name, box in _named(objects) if name.startswith("plate_")]
+        for name, box in _named(objects):
+            if name.startswith("token_"):
+                tokens += 1
+                assert name == f"token_{theme}"
+                # The plate's annotated box (clipped, maybe hidden) lies within its drawn box.
+                for plate in plates:
+                    assert synth.box_gap(_xyxy(box), _xyxy(plate)) >= synth.CONTEXT_GAP
+    assert tokens >= 3 * len(SCENES)  # room is found for most of them
+
+
+def test_what_names_a_plate_vanishes_at_the_stride_of_p3() -> None:
+    """Striped and checked plates differ pixel to pixel, and not once averaged over 8x8 cells."""
+    stats: dict[str, list[tuple[float, float]]] = {"plate_striped": [], "plate_checked": []}
+    for image, objects, _ in SCENES:
+        named = _named(objects)
+        pixels = np.asarray(image, np.float32).mean(-1) / 255
+        for k, (name, box) in enumerate(named):
+            if not name.startswith("plate_"):
+                continue
+            x0, y0, x1, y1 = _xyxy(box)
+            cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, 8  # a 16-px window inside every outline
+            window = (cx - half, cy - half, cx + half, cy + half)
+            covered = any(synth.box_gap(window, _xyxy(b)) < 2 for _, b in named[k + 1 :])
+            if covered or min(x1 - x0, y1 - y0) < 40:
+                continue  # something lies in front of the window, or the plate is clipped
+            patch = pixels[round(cy) - half : round(cy) + half, round(cx) - half : round(cx) + half]
+            cells = patch.reshape(2, 8, 2, 8).mean((1, 3))
+            stats[name].append((float(patch.std()), float(cells.std())))
+    for name, pairs in stats.items():
+        fine, coarse = np.median(np.array(pairs), axis=0)
+        assert len(pairs) >= 10 and fine > 0.05 and coarse < fine / 3, (name, fine, coarse)
+
+
+def test_tags_are_the_theme_and_the_shapes_held() -> None:
+    for _, objects, tags in SCENES[:40]:
+        held = {name for name, _ in _named(objects) if name in synth.SHAPES}
+        assert tags[0] in synth.TAGS and tags[0].startswith("theme_")
+        assert set(tags[1:]) == {f"has_{shape}" for shape in held}
 
 
 def test_same_arguments_reuse_the_cached_copy(tiny: Path) -> None:

@@ -1,4 +1,5 @@
-"""The embedded dataset: a deterministic generator of multi-scale shape scenes in COCO format.
+"""The embedded dataset: a deterministic generator of shape scenes in COCO format, built so that
+fusing features across scales pays.
 
 ``synthesize(out_dir)`` writes::
 
@@ -8,43 +9,41 @@
     out_dir/annotations/instances_val.json     ("train/000000.png"), image ids count from 1
     out_dir/dataset.json                       manifest: generator, version, arguments; written last
 
-It is built so that the *neck* matters, i.e. so that fusing features across scales pays off:
+It is a test bed, not evidence about anyone's data: each reason necks exist for is given work
+to do, one group of classes a reason (a category's ``supercategory`` names its group):
 
-- Seven classes (``CATEGORIES``) that differ only in shape: disc, ring, square, triangle,
-  cross, bar, star. Colour and fill texture (solid, stripes, gradient, speckle) are drawn
-  independently of the class, so colour alone tells nothing; every shape but the disc and the
-  ring is rotated at random.
-- Sizes span five octaves: an object's extent (circumscribed diameter) is drawn
-  log-uniformly from ``MIN_EXTENT`` = 3.5 px to ``MAX_EXTENT`` = 7/8 of the image (3.5..112 px
-  at 128 px, 5 octaves). In the default dataset the longer box side is under 8 px for a quarter
-  of the boxes, under 16 px for 44%, 32 px or more for 35%, 64 px or more for 14%. Small
-  objects need P3 with the semantics of the coarse levels; the largest live on P6/P7. (Version 1
-  skewed sizes further down, from 3 px, 40% of boxes under 8 px: a share no stride-8 detector
-  finds in a few hundred steps, so it drowned the differences between necks.)
-- Clutter: 3-12 unannotated distractors a scene -- lines, polylines, arcs (partial rings),
-  irregular blobs, specks -- in the same colours and textures as the objects, some in front of
-  objects.
-- Textured backgrounds: a two-colour gradient plus one to three of smooth value noise,
-  sinusoidal stripes, fine noise; mild sensor noise over the whole image.
-- Occlusion: objects overlap in a random depth order (larger ones tend to lie behind). The
-  annotation is the full (amodal) box of the object, clipped to the image; an object with less
-  than ``MIN_VISIBLE`` = 40% of its area visible (occluded or out of frame) is not annotated.
-- Contrast: every object and distractor differs from what lies under it by 0.15-0.55 in
-  luminance, so every object is visible to a careful eye.
+- *context* -- top-down paths pay. Every scene has a theme (``THEMES``: square, disc or
+  triangle), the outline of its one large plate. Tokens -- 3-6 small discs, all alike -- are
+  labelled with the scene's theme (``token_square``, ...), and each lies at least
+  ``CONTEXT_GAP`` px (box to box) from the plate: what names a token is only seen far from it,
+  by the coarse levels.
+- *detail* -- bottom-up paths pay. The plate (``plate_striped`` or ``plate_checked``) is named by
+  its fill alone: fine stripes or a fine checker of ``DETAIL_PERIOD`` px, the same two colours
+  either way, so that averaged over a stride-8 cell the two look alike. The fine levels see the
+  difference; the coarse levels, where the plate is detected, lose it.
+- *shape* -- neither path is everything: 1-4 middle-sized crosses, stars and rings, named by
+  their own outline.
+
+Sizes span ``TOKEN_EXTENT`` 8-14 px, ``SHAPE_EXTENT`` 16-36 px and ``PLATE_EXTENT`` 48-80 px at
+128 px (all scale with the image side), 3.3 octaves from one stride of P3 up to P6's anchors.
+Clutter (2-8 unannotated lines, polylines, arcs, blobs and specks), textured backgrounds and
+occlusion (plate at the back, tokens at the front, distractors anywhere; an object with less
+than ``MIN_VISIBLE`` of its area visible is not annotated) make finding harder, not impossible:
+every object differs from what lies under it by 0.15-0.55 in luminance, and the stripes of the
+fills and backgrounds that are not plates are too coarse (>= 8 px) or absent to pass for one.
+
+The proxy's backbone is pretrained on coarser labels than these (``nas.pretrain``), as real
+backbones are on ImageNet, and two extra fields carry them (COCO readers ignore both): each
+image's ``tags``, its scene-level labels (``TAGS``: its theme and which middle shapes it holds;
+the vocabulary is a top-level ``tags`` list), and each annotation's ``coarse`` label (``COARSE``:
+a token, each middle shape, a plate by its outline). Neither tells which token or which plate
+an object is: that is the neck's to find.
 
 Defaults (``DEFAULT_SIZE`` = 128 px, 4096 train and 256 val images) are chosen for a proxy
-trial that trains and evaluates in about a minute on 2 CPU cores. 128 px is the smallest image
-on which all five pyramid levels P3..P7 (strides 8..128) exist -- P7 is 1x1 -- so the neck keeps
-its full five-level graph, while a step costs a quarter of one at 256 px: a torchvision
-RetinaNet with a ResNet-10 body and 64-channel FPN trained at 54 images/s at 128 px and 14/s at
-256 px on the 2-core development machine. The default budget (500 steps of 16) is 8,000
-images, two passes over 4,096 distinct scenes. With 1,024 scenes (version 1) a proxy saw each
-eight times and memorised them: the backbone, pretrained on them, and the heads scored AP 12.6
-on the training scenes and 1.1 on the validation ones. Scenes cost nothing to generate, so the
-proxy gets enough of them not to memorise; decoded, the training set takes 200 MB (and its
-cached features 460 MB), so it stays in memory. 256 validation scenes hold about 2,100 boxes,
-300 a class, and evaluate in a few seconds. Generating the default takes about 40 s on 2 cores
-and 170 MB of disk.
+trial that trains and evaluates in about a minute on 2 CPU cores: 128 px is the smallest image
+on which all five pyramid levels P3..P7 (strides 8..128) exist, and 4096 scenes are enough
+that a 500-step trial of 16 sees each about twice and cannot memorise them (with 1,024 scenes, a
+former version, the proxy scored AP 12.6 on its training scenes and 1.1 on the validation ones).
 
 Every image is a pure function of ``(seed, split, index, size)`` (see ``render``): its random
 generator is seeded from exactly those, so any image can be regenerated alone, and equal
@@ -53,9 +52,9 @@ arguments give byte-identical files.
 Caching: a second call with the same arguments on an intact folder (manifest, annotation files
 and image listing as recorded) returns at once and writes nothing. Generation happens in a
 hidden sibling folder that is moved into place only when complete (manifest written last), so a
-crash never leaves a folder that looks complete. A folder of ours made with other arguments is
-replaced; a non-empty folder that is not ours (no manifest of this generator) is never touched:
-``FileExistsError``.
+crash never leaves a folder that looks complete. A folder of ours made with other arguments or
+another version is replaced; a non-empty folder that is not ours (no manifest of this generator)
+is never touched: ``FileExistsError``.
 """
 
 from __future__ import annotations
@@ -77,28 +76,46 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 GENERATOR = "nasfpn.data.synth"
-VERSION = 2  # bump whenever the defaults or the rendering change: cached copies are then regenerated
+VERSION = 3  # bump whenever the defaults or the rendering change: cached copies are then regenerated
 MANIFEST = "dataset.json"
 SPLITS = ("train", "val")
-CATEGORIES = ("disc", "ring", "square", "triangle", "cross", "bar", "star")
+
+THEMES = ("square", "disc", "triangle")  # a scene's plate outline; names its tokens
+SHAPES = ("cross", "star", "ring")  # the middle band, named by their own outline
+# (name, group): the group is the COCO supercategory, one reason for necks a group.
+CATEGORY_GROUPS: tuple[tuple[str, str], ...] = (
+    *((f"token_{theme}", "context") for theme in THEMES),
+    *((shape, "shape") for shape in SHAPES),
+    ("plate_striped", "detail"),
+    ("plate_checked", "detail"),
+)
+CATEGORIES = tuple(name for name, _ in CATEGORY_GROUPS)
+TAGS = (*(f"theme_{theme}" for theme in THEMES), *(f"has_{shape}" for shape in SHAPES))
+# An annotation's ``coarse`` label, what the backbone is pretrained to find (nas.pretrain): a token,
+# each middle shape, a plate by its outline -- everything but what names a token or a plate.
+COARSE = ("token", *SHAPES, *(f"plate_{theme}" for theme in THEMES))
 
 DEFAULT_TRAIN = 4096
 DEFAULT_VAL = 256
 DEFAULT_SIZE = 128
 MIN_SIZE = 32
 
-MIN_EXTENT = 3.5  # px, the smallest object's extent
-MAX_EXTENT = 0.875  # of the image side, the largest object's extent
-SIZE_SKEW = 1.0  # log2(extent) = lo + (hi - lo) * u**SIZE_SKEW, u ~ U(0, 1): > 1 favours small
+# Extents (circumscribed diameter) and distances in px at DEFAULT_SIZE; they scale with the image.
+TOKEN_EXTENT = (8.0, 14.0)
+SHAPE_EXTENT = (16.0, 36.0)
+PLATE_EXTENT = (48.0, 80.0)
+CONTEXT_GAP = 24.0  # least distance between a token's box and its plate's box
+DETAIL_PERIOD = (3.0, 4.5)  # px a period of a plate's stripes or checks, not scaled: a fine detail
+TOKENS_PER_IMAGE = (3, 6)  # inclusive ranges of objects tried (some may find no room or be hidden)
+SHAPES_PER_IMAGE = (1, 4)
+DISTRACTORS_PER_IMAGE = (2, 8)
 MIN_VISIBLE = 0.4  # objects with less of their area visible are not annotated
 MAX_OUTSIDE = 0.25  # at most this fraction of an object's extent may lie outside the image
-OBJECTS_PER_IMAGE = (4, 14)  # inclusive range of objects placed (before occlusion drops some)
-DISTRACTORS_PER_IMAGE = (3, 12)
 
 _SPLIT_CODES = {"train": 0, "val": 1}
 _CHUNK = 64  # images a worker task renders
 _DISTRACTORS = ("line", "polyline", "arc", "blob", "specks")
-_FILLS = ("solid", "solid", "stripes", "gradient", "speckle")
+_FILLS = ("solid", "solid", "gradient", "speckle")  # no fine stripes: they name plates
 
 
 def synthesize(
@@ -162,17 +179,22 @@ def is_intact(out_dir: str | Path, *, train: int, val: int, size: int, seed: int
     return True
 
 
-def render(seed: int, split: str, index: int, size: int = DEFAULT_SIZE) -> tuple[Image.Image, list[dict]]:
-    """One scene: the RGB image and its annotations.
+def render(
+    seed: int, split: str, index: int, size: int = DEFAULT_SIZE
+) -> tuple[Image.Image, list[dict], list[str]]:
+    """One scene: the RGB image, its annotations and its tags.
 
-    Each annotation is ``{"category_id": 1..7, "bbox": [x, y, w, h], "area": w * h}`` (the full
-    box of the object, clipped to the image), in depth order, back to front.
+    Each annotation is ``{"category_id": 1..8, "bbox": [x, y, w, h], "area": w * h, "coarse":
+    label}`` (the full box of the object, clipped to the image; ``COARSE``), in depth order, back
+    to front. The tags are the
+    scene's image-level labels (``TAGS``): its theme, then each middle shape it holds.
     """
     if split not in _SPLIT_CODES:
         raise ValueError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     rng = np.random.default_rng([seed, _SPLIT_CODES[split], index, size])
     canvas = _background(rng, size)
-    layers = _objects(rng, size) + _distractors(rng, size)
+    theme = int(rng.integers(len(THEMES)))
+    layers = _objects(rng, size, theme) + _distractors(rng, size)
     depth = np.array([layer.depth for layer in layers])
     layers = [layers[i] for i in np.argsort(depth, kind="stable")]  # back to front
 
@@ -192,19 +214,30 @@ def render(seed: int, split: str, index: int, size: int = DEFAULT_SIZE) -> tuple
         under = canvas[region]
         weight = alpha.sum()
         base = (under * alpha[..., None]).sum((0, 1)) / weight if weight > 0 else under.mean((0, 1))
-        fill = _fill(rng, alpha.shape, _luminance(base))
+        if layer.texture is None:
+            fill = _fill(rng, alpha.shape, _luminance(base))
+        else:
+            fill = _fine_texture(rng, alpha.shape, _luminance(base), checked=layer.texture == "checked")
         canvas[region] = under * (1.0 - alpha[..., None]) + fill * alpha[..., None]
         if layer.category is not None and visible[i] >= MIN_VISIBLE:
             x0, y0, x1, y1 = (min(max(v, 0.0), float(size)) for v in layer.box)
             if x1 > x0 and y1 > y0:
                 bbox = [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]
                 area = round(bbox[2] * bbox[3], 2)
-                annotations.append({"category_id": layer.category, "bbox": bbox, "area": area})
+                annotation = {
+                    "category_id": layer.category,
+                    "bbox": bbox,
+                    "area": area,
+                    "coarse": layer.coarse,
+                }
+                annotations.append(annotation)
 
     sensor_noise = np.float32(rng.uniform(0.02, 0.08))  # peak to peak, uniform
     canvas += (rng.random(canvas.shape, np.float32) - 0.5) * sensor_noise
     pixels = np.clip(np.rint(canvas * 255.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB"), annotations
+    held = {CATEGORIES[a["category_id"] - 1] for a in annotations}
+    tags = [f"theme_{THEMES[theme]}", *(f"has_{shape}" for shape in SHAPES if shape in held)]
+    return Image.fromarray(pixels, "RGB"), annotations, tags
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -246,7 +279,9 @@ def _check_replaceable(out: Path) -> None:
 
 
 def _generate(root: Path, args: dict[str, int], workers: int) -> None:
-    categories = [{"id": i + 1, "name": name, "supercategory": "shape"} for i, name in enumerate(CATEGORIES)]
+    categories = [
+        {"id": i + 1, "name": name, "supercategory": group} for i, (name, group) in enumerate(CATEGORY_GROUPS)
+    ]
     files: dict[str, int] = {}
     counts: dict[str, dict[str, int]] = {}
     (root / "annotations").mkdir()
@@ -254,11 +289,13 @@ def _generate(root: Path, args: dict[str, int], workers: int) -> None:
         folder = root / "images" / split
         folder.mkdir(parents=True)
         images, annotations = [], []
-        for index, objects in enumerate(_render_split(folder, split, args, workers)):
+        for index, (objects, tags) in enumerate(_render_split(folder, split, args, workers)):
             image_id = index + 1
             file_name = f"{split}/{_image_name(index)}"
             side = args["size"]
-            images.append({"id": image_id, "file_name": file_name, "width": side, "height": side})
+            images.append(
+                {"id": image_id, "file_name": file_name, "width": side, "height": side, "tags": tags}
+            )
             for obj in objects:
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id, **obj, "iscrowd": 0})
         data = {
@@ -267,6 +304,7 @@ def _generate(root: Path, args: dict[str, int], workers: int) -> None:
             "images": images,
             "annotations": annotations,
             "categories": categories,
+            "tags": list(TAGS),
         }
         relative = f"annotations/instances_{split}.json"
         text = json.dumps(data, separators=(",", ":"))
@@ -285,18 +323,21 @@ def _workers(workers: int | None) -> int:
     return max(1, workers)
 
 
-def _render_chunk(folder: Path, split: str, args: dict[str, int], indices: range) -> list[list[dict]]:
-    """Renders and writes images ``indices`` of ``split``; returns their annotations."""
+Labels = tuple[list[dict], list[str]]  # an image's annotations and tags
+
+
+def _render_chunk(folder: Path, split: str, args: dict[str, int], indices: range) -> list[Labels]:
+    """Renders and writes images ``indices`` of ``split``; returns their annotations and tags."""
     out = []
     for index in indices:
-        image, objects = render(args["seed"], split, index, args["size"])
+        image, objects, tags = render(args["seed"], split, index, args["size"])
         image.save(folder / _image_name(index), format="PNG", compress_level=1)
-        out.append(objects)
+        out.append((objects, tags))
     return out
 
 
-def _render_split(folder: Path, split: str, args: dict[str, int], workers: int) -> Iterator[list[dict]]:
-    """Every image's annotations in index order, rendered by ``workers`` forked processes."""
+def _render_split(folder: Path, split: str, args: dict[str, int], workers: int) -> Iterator[Labels]:
+    """Every image's annotations and tags in index order, rendered by ``workers`` forked processes."""
     count = args[split]
     chunks = [range(i, min(i + _CHUNK, count)) for i in range(0, count, _CHUNK)]
     if workers <= 1 or len(chunks) <= 1:
@@ -355,6 +396,8 @@ class _Layer:
     category: int | None = None  # 1-based category id, None for a distractor
     box: Box = (0.0, 0.0, 0.0, 0.0)  # unclipped
     total_alpha: float = 0.0
+    texture: str | None = None  # a plate's fine texture, "striped" or "checked"; else a plain fill
+    coarse: str = ""  # what a backbone may know of the object (see COARSE)
 
     def clipped(self, size: int) -> tuple[np.ndarray, tuple[slice, slice]]:
         h, w = self.alpha.shape
@@ -459,9 +502,9 @@ def _shape(rng: np.random.Generator, name: str, extent: float, cx: float, cy: fl
     return draw
 
 
-def _extent(rng: np.random.Generator, low: float, high: float, skew: float) -> float:
-    lo, hi = math.log2(low), math.log2(high)
-    return 2.0 ** (lo + (hi - lo) * rng.random() ** skew)
+def _extent(rng: np.random.Generator, low: float, high: float) -> float:
+    """Log-uniform in [low, high]."""
+    return 2.0 ** rng.uniform(math.log2(low), math.log2(high))
 
 
 def _centre(rng: np.random.Generator, size: int, extent: float) -> tuple[float, float]:
@@ -469,15 +512,69 @@ def _centre(rng: np.random.Generator, size: int, extent: float) -> tuple[float, 
     return rng.uniform(margin, size - margin), rng.uniform(margin, size - margin)
 
 
-def _objects(rng: np.random.Generator, size: int) -> list[_Layer]:
-    layers = []
-    for _ in range(rng.integers(OBJECTS_PER_IMAGE[0], OBJECTS_PER_IMAGE[1] + 1)):
-        category = int(rng.integers(len(CATEGORIES)))
-        extent = _extent(rng, MIN_EXTENT, MAX_EXTENT * size, SIZE_SKEW)
-        cx, cy = _centre(rng, size, extent)
-        alpha, x0, y0, box = _raster(extent, cx, cy, _shape(rng, CATEGORIES[category], extent, cx, cy))
-        depth = -math.log2(extent) + rng.normal(0.0, 1.5)  # larger objects tend to lie behind
-        layers.append(_Layer(alpha, x0, y0, depth, category + 1, box, float(alpha.sum())))
+def box_gap(a: Sequence[float], b: Sequence[float]) -> float:
+    """Euclidean distance between two xyxy boxes (0 when they touch or overlap)."""
+    dx = max(0.0, a[0] - b[2], b[0] - a[2])
+    dy = max(0.0, a[1] - b[3], b[1] - a[3])
+    return math.hypot(dx, dy)
+
+
+def _layer(
+    rng: np.random.Generator,
+    shape: str,
+    extent: float,
+    centre: tuple[float, float],
+    depth: float,
+    **kwargs: Any,
+) -> _Layer:
+    alpha, x0, y0, box = _raster(extent, *centre, _shape(rng, shape, extent, *centre))
+    return _Layer(alpha, x0, y0, depth, box=box, total_alpha=float(alpha.sum()), **kwargs)
+
+
+def _objects(rng: np.random.Generator, size: int, theme: int) -> list[_Layer]:
+    """The plate (at the back, in a corner so that tokens find room), the middle shapes, and the
+    tokens (in front), each token at least ``CONTEXT_GAP`` from the plate's box."""
+    scale = size / DEFAULT_SIZE
+    extent = _extent(rng, *(e * scale for e in PLATE_EXTENT))
+    reach = extent * (0.5 - MAX_OUTSIDE) + rng.uniform(0.0, 0.25 * size, 2)
+    flip = rng.random(2) < 0.5
+    centre = tuple(float(size - r if f else r) for r, f in zip(reach, flip))
+    texture = ("striped", "checked")[int(rng.integers(2))]
+    category = CATEGORIES.index(f"plate_{texture}") + 1
+    coarse = f"plate_{THEMES[theme]}"
+    plate = _layer(rng, THEMES[theme], extent, centre, 0.0, category=category, texture=texture, coarse=coarse)
+    layers = [plate]
+
+    for _ in range(rng.integers(SHAPES_PER_IMAGE[0], SHAPES_PER_IMAGE[1] + 1)):
+        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        extent = _extent(rng, *(e * scale for e in SHAPE_EXTENT))
+        depth = 1.0 + rng.random()
+        layers.append(
+            _layer(
+                rng,
+                shape,
+                extent,
+                _centre(rng, size, extent),
+                depth,
+                category=CATEGORIES.index(shape) + 1,
+                coarse=shape,
+            )
+        )
+
+    token = CATEGORIES.index(f"token_{THEMES[theme]}") + 1
+    taken: list[Box] = []
+    for _ in range(rng.integers(TOKENS_PER_IMAGE[0], TOKENS_PER_IMAGE[1] + 1)):
+        extent = _extent(rng, *(e * scale for e in TOKEN_EXTENT))
+        r = extent / 2
+        for _attempt in range(30):  # rejection sampling; a scene without room gets fewer tokens
+            centre = tuple(rng.uniform(r, size - r, 2))
+            layer = _layer(rng, "disc", extent, centre, 3.0, category=token, coarse="token")
+            if box_gap(layer.box, plate.box) >= CONTEXT_GAP * scale and all(
+                box_gap(layer.box, t) >= 1.0 for t in taken
+            ):
+                taken.append(layer.box)
+                layers.append(layer)
+                break
     return layers
 
 
@@ -533,10 +630,11 @@ def _distractors(rng: np.random.Generator, size: int) -> list[_Layer]:
     layers = []
     for _ in range(rng.integers(DISTRACTORS_PER_IMAGE[0], DISTRACTORS_PER_IMAGE[1] + 1)):
         kind = _DISTRACTORS[int(rng.integers(len(_DISTRACTORS)))]
-        extent = _extent(rng, 4.0, 0.6 * size, 1.2)
+        low = SHAPE_EXTENT[0] if kind == "blob" else 4.0  # a small blob would pass for a token
+        extent = _extent(rng, low * size / DEFAULT_SIZE, 0.5 * size)
         cx, cy = _centre(rng, size, extent)
         alpha, x0, y0, _ = _raster(extent, cx, cy, _distractor(rng, kind, extent, cx, cy))
-        depth = rng.uniform(-math.log2(size), 0.0) + rng.normal(0.0, 1.0)
+        depth = rng.uniform(0.5, 3.5)  # anywhere between the plate (0) and the tokens (3)
         layers.append(_Layer(alpha, x0, y0, depth))
     return layers
 
@@ -578,7 +676,7 @@ def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _fill(rng: np.random.Generator, shape: tuple[int, int], under: float) -> np.ndarray:
-    """An (h, w, 3) fill contrasting with luminance ``under``: solid, stripes, gradient or speckle."""
+    """An (h, w, 3) fill contrasting with luminance ``under``: solid, gradient or speckle."""
     h, w = shape
     first = _contrasting(rng, under)
     kind = _FILLS[int(rng.integers(len(_FILLS)))]
@@ -591,11 +689,34 @@ def _fill(rng: np.random.Generator, shape: tuple[int, int], under: float) -> np.
     yy, xx = _grid(shape)
     angle = rng.uniform(0, math.pi)
     along = xx * math.cos(angle) + yy * math.sin(angle)
-    if kind == "stripes":
-        t = 0.5 + 0.5 * np.sin(along * (2 * math.pi / rng.uniform(2.0, 6.0)))
-    else:  # gradient
-        t = (along - along.min()) / max(float(np.ptp(along)), 1.0)
+    t = (along - along.min()) / max(float(np.ptp(along)), 1.0)  # gradient
     return fill * (1.0 - t[..., None]) + second * t[..., None]
+
+
+def _fine_texture(
+    rng: np.random.Generator, shape: tuple[int, int], under: float, checked: bool
+) -> np.ndarray:
+    """A plate's (h, w, 3) fill: two colours in fine stripes or a fine checker of
+    ``DETAIL_PERIOD`` px at a random angle. Half the pixels take each colour either way, so
+    averaged over a cell much larger than the period the two textures are alike."""
+    first = _contrasting(rng, under)
+    lum = _luminance(first)
+    step = rng.uniform(0.2, 0.35)
+    second = _colour(
+        rng, lum - step if lum - step >= 0.03 and (lum + step > 0.97 or rng.random() < 0.5) else lum + step
+    )
+    period = rng.uniform(*DETAIL_PERIOD)
+    yy, xx = _grid(shape)
+    angle = rng.uniform(0, math.pi)
+    u = (xx * math.cos(angle) + yy * math.sin(angle)) * (2 * math.pi / period) + rng.uniform(0, 2 * math.pi)
+    wave = np.sin(u)
+    if checked:
+        v = (yy * math.cos(angle) - xx * math.sin(angle)) * (2 * math.pi / period) + rng.uniform(
+            0, 2 * math.pi
+        )
+        wave = wave * np.sin(v)
+    t = (wave > 0).astype(np.float32)[..., None]
+    return first * (1.0 - t) + second * t
 
 
 def _value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
@@ -621,7 +742,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         elif texture == 1:
             angle = rng.uniform(0, math.pi)
             along = xx * math.cos(angle) + yy * math.sin(angle)
-            stripes = np.sin(along * (2 * math.pi / rng.uniform(3.0, 32.0)) + rng.uniform(0, 2 * math.pi))
+            stripes = np.sin(along * (2 * math.pi / rng.uniform(8.0, 32.0)) + rng.uniform(0, 2 * math.pi))
             canvas += (stripes * rng.uniform(0.03, 0.12))[..., None]
         else:
             canvas += rng.standard_normal((size, size, 1), np.float32) * np.float32(rng.uniform(0.01, 0.05))
