@@ -40,6 +40,7 @@ from fixed_necks.fpn import FPN
 from nas.ops import ASPP
 
 STAGES = ("layer2", "layer3", "layer4")  # the ResNet stages whose outputs are C3, C4, C5
+CONTEXT = "context"  # a global context block after layer4, where the body has one
 
 
 class RFP(nn.Module):
@@ -127,6 +128,8 @@ class RFP(nn.Module):
             for block in rest:
                 x = block(x)
             features.append(x)
+        if CONTEXT in self.body:  # the body's global context block (nas.backbone) makes its C5
+            features[-1] = self.body[CONTEXT](features[-1])
         return features
 
     def fuse(self, new: Tensor, previous: Tensor) -> Tensor:
@@ -150,7 +153,7 @@ def block_with_feedback(block: BasicBlock | Bottleneck, x: Tensor, feedback: Ten
 
 def check_resnet_body(body: nn.Module) -> None:
     """ValueError unless ``body`` is a torchvision ResNet cut after layer4, as ``resnet_body`` makes."""
-    names = list(body.keys()) if isinstance(body, nn.ModuleDict) else []
+    names = [name for name in body.keys() if name != CONTEXT] if isinstance(body, nn.ModuleDict) else []
     if names[-len(STAGES) :] != list(STAGES) or not all(
         isinstance(block, BasicBlock | Bottleneck) for name in STAGES for block in body[name]
     ):

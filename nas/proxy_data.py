@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-PRETRAIN_VERSION = 6  # bump when pretraining changes, so stale cached backbones are not reused
+PRETRAIN_VERSION = 7  # bump when pretraining changes, so stale cached backbones are not reused
 
 
 @dataclass

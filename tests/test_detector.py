@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from fixed_necks import FIXED_NECKS
@@ -20,6 +21,22 @@ def test_each_backbone_gives_the_widths_the_settings_table_says(name: str) -> No
     with torch.no_grad():
         features = resnet_body(name)(torch.rand(1, 3, 64, 64))
     assert tuple(c.shape[1] for c in features.values()) == BACKBONE_WIDTHS[name] == backbone_widths(name)
+
+
+def test_c5_cells_hear_the_whole_image_through_the_global_context_block() -> None:
+    torch.manual_seed(0)
+    body = resnet_body("resnet10").eval()
+    images = torch.rand(2, 3, 128, 128)
+    changed = images.clone()
+    changed[:, :, :32, :32] = 1.0  # the top-left corner only
+    plain = nn.Sequential(*(m for name, m in body.items() if name != "context"))
+    with torch.no_grad():
+        # Untrained (a checkpoint's body), the block adds nothing: C5 is layer4's output.
+        assert torch.equal(body(images)["C5"], plain(images))
+        nn.init.normal_(body.context.transform[-1].weight)
+        far = [body(x)["C5"][..., 3, 3] - plain(x)[..., 3, 3] for x in (images, changed)]
+    # The bottom-right cell's context term moves with the far corner's pixels.
+    assert not torch.allclose(far[0], far[1])
 
 
 def test_an_unknown_backbone_is_named() -> None:
