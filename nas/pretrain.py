@@ -50,7 +50,10 @@ from nas.schedule import shuffled_batches, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
-PRETRAIN_STEPS = 500  # of 16: 8,000 images, two passes over the default data
+# Of 16: 16,000 images, four passes over the default data, about 9 minutes on 2 CPU cores. At
+# 500 steps (4.5 minutes) the backbone barely knew a plate's outline and FPN beat the no-fusion
+# neck by 0.4 AP (3 seeds); at 1000, by 4.6 (seed 0), tokens' AP 49.4 against 35.5.
+PRETRAIN_STEPS = 1000
 PRETRAIN_BATCH = 16
 PRETRAIN_LR = 1e-3
 PRETRAIN_WIDTH = 64  # the no-fusion neck's, as the proxy's
