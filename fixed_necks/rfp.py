@@ -37,10 +37,10 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from fixed_necks.fpn import FPN
+from nas.backbone import CONTEXT
 from nas.ops import ASPP
 
 STAGES = ("layer2", "layer3", "layer4")  # the ResNet stages whose outputs are C3, C4, C5
-CONTEXT = "context"  # a global context block after layer4, where the body has one
 
 
 class RFP(nn.Module):

@@ -49,6 +49,9 @@ def backbone_widths(name: str) -> tuple[int, int, int]:
     return BACKBONE_WIDTHS[name]
 
 
+CONTEXT = "context"  # the body's module after layer4 that makes C5 (rfp.py runs it by this name)
+
+
 class GlobalContext(nn.Module):
     """GCNet's global context block with average pooling (Cao et al. 2019, "GCNet", Fig. 4(d)):
     (N, C, H, W) -> the same plus, at every cell, a transform of the whole map's mean.
@@ -89,8 +92,8 @@ def resnet_body(name: str = "resnet10", checkpoint: str | Path | None = None) ->
     if checkpoint is not None:
         _load_checkpoint(resnet, Path(checkpoint))
     stages = OrderedDict((n, m) for n, m in resnet.named_children() if n not in ("avgpool", "fc"))
-    stages["context"] = GlobalContext(BACKBONE_WIDTHS[name][2])
-    return IntermediateLayerGetter(nn.Sequential(stages), {"layer2": "C3", "layer3": "C4", "context": "C5"})
+    stages[CONTEXT] = GlobalContext(BACKBONE_WIDTHS[name][2])
+    return IntermediateLayerGetter(nn.Sequential(stages), {"layer2": "C3", "layer3": "C4", CONTEXT: "C5"})
 
 
 def _check(name: str) -> None:
