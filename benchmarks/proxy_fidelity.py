@@ -18,9 +18,9 @@ seed 0's ranking against seed 1's; and, for the necks in ``--long``, tau_b again
 (``full``) with the backbone trained in every trial -- the long reference, a few necks at most on
 a CPU.
 
-Every finished training is appended to ``--results`` (JSON lines, keyed by the data and
-pretraining versions too) and skipped when the script runs again: an interrupted benchmark
-resumes where it stopped.
+Every finished training is appended to ``--results`` (JSON lines, keyed by the data's version
+and the pretraining's version and steps too) and skipped when the script runs again: an
+interrupted benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from nas.backbone import backbone_widths
 from nas.data import synth
 from nas.data.coco import CocoDetection
 from nas.necks import resolve_neck
+from nas.pretrain import PRETRAIN_STEPS
 from nas.profile import profile_neck
 from nas.proxy_data import PRETRAIN_VERSION, prepare_proxy_data
 from nas.settings import ProxySettings
@@ -46,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 REFERENCE = ("nofusion", "fpn", "nasfpn", "panet", "bifpn")  # worst to best, see the docstring
 GROUPS = ("context", "shape", "detail")
-VERSIONS = {"data": synth.VERSION, "pretrain": PRETRAIN_VERSION}
+VERSIONS = {"data": synth.VERSION, "pretrain": PRETRAIN_VERSION, "pretrain_steps": PRETRAIN_STEPS}
 
 
 def main() -> None:

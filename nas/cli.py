@@ -62,6 +62,17 @@ def _at_least(low: int):
 _positive = _at_least(1)
 
 
+def _repeats(text: str) -> dict[str, int]:
+    """``NECK=K,...`` -> {NECK: K}, each K a positive integer."""
+    repeats = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, count = item.partition("=")
+        if not equals or not name.strip() or not count.strip().isdigit() or int(count) < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: give NECK=K, K a positive integer, e.g. fpn=3")
+        repeats[name.strip()] = int(count)
+    return repeats
+
+
 def _add_size_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=_positive, default=512, help="square input image side (default 512)"
@@ -180,6 +191,20 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
         default="fpn,panet,bifpn,nasfpn",
         help="fixed necks or genotype files (default %(default)s); NECK@ROI trains NECK with RoI mode "
         "ROI (fpn, panet, soft; --detector fasterrcnn), e.g. fpn,fpn@panet,fpn@soft,augfpn",
+    )
+    cost = compare.add_mutually_exclusive_group()
+    cost.add_argument(
+        "--repeats",
+        type=_repeats,
+        default={},
+        metavar="NECK=K,...",
+        help="cell repeats of the baselines named (default: each neck's own), e.g. fpn=3,bifpn=2",
+    )
+    cost.add_argument(
+        "--match-flops",
+        action="store_true",
+        help="repeat each baseline to the FLOPs nearest the best found cell's (without a run: the "
+        "first baseline's), as EfficientDet compares necks",
     )
     compare.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1 per neck (default 3)")
     compare.add_argument("--out", type=Path, help="output folder (default RUN/compare, or runs/compare)")
@@ -534,7 +559,16 @@ def _same_as_saved(key: str, value, saved) -> bool:
 def _compare(args: argparse.Namespace) -> None:
     import torch
 
-    from nas.compare import baseline_entry, claim_jobs_folder, entries, measure_costs, run_jobs, write_results
+    from nas.compare import (
+        baseline_entry,
+        claim_jobs_folder,
+        entries,
+        matched_repeats,
+        measure_costs,
+        run_jobs,
+        set_repeats,
+        write_results,
+    )
     from nas.proxy_data import prepare_proxy_data
     from nas.runs import RunFolder
     from nas.search import load_splits
@@ -552,7 +586,6 @@ def _compare(args: argparse.Namespace) -> None:
             raise UsageError(f"--baselines {e}") from None
         if not any(e.found for e in items):
             raise UsageError(f"{args.run}: no completed trial to compare yet")
-        splits = load_splits(config)
         out_dir = args.out or run.path / "compare"
     else:
         settings = proxy_settings(args)
@@ -560,8 +593,12 @@ def _compare(args: argparse.Namespace) -> None:
             items = [baseline_entry(name, settings.detector, args.roi) for name in baselines]
         except ValueError as e:
             raise UsageError(f"--baselines {e}") from None
-        splits = load_datasets(args)
         out_dir = args.out or Path("runs") / "compare"
+    try:
+        set_repeats(items, matched_repeats(items, settings) if args.match_flops else args.repeats)
+    except ValueError as e:
+        raise UsageError(f"--repeats {e}") from None
+    splits = load_splits(config) if args.run is not None else load_datasets(args)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
     claim_jobs_folder(out_dir, settings, *(split.annotation_file for split in splits))
     data = prepare_proxy_data(*splits, settings, args.cache_dir)

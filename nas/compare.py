@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -85,6 +86,45 @@ def baseline_entry(text: str, detector: str, roi: str | None = None) -> Entry:
         raise ValueError(f"{text}: a RoI mode applies to the two-stage detector only (--detector fasterrcnn)")
     neck = resolve_neck(name)
     return Entry(text, replace(neck, roi=mode or roi or neck.roi), False)
+
+
+def set_repeats(items: list[Entry], repeats: dict[str, int]) -> None:
+    """Gives the baselines named in ``repeats`` (as in ``--baselines``) that many cell repeats; the
+    label says so (``fpn x3``), and so the folder its trainings are kept in. ValueError names a
+    neck that is not a baseline of the comparison."""
+    labels = {e.label: e for e in items if not e.found}
+    for name, count in repeats.items():
+        if name not in labels:
+            raise ValueError(f"{name}: not a baseline of this comparison (baselines: {', '.join(labels)})")
+        entry = labels[name]
+        if count != entry.neck.repeats:
+            entry.neck = replace(entry.neck, repeats=count)
+            entry.label = f"{name} x{count}"
+
+
+def matched_repeats(items: list[Entry], settings: ProxySettings) -> dict[str, int]:
+    """Per baseline, the repeats whose neck FLOPs come nearest the reference's, as EfficientDet
+    compares necks (Tan et al. 2020, Table 5: each repeated to similar cost). The reference is
+    the first found cell, else the first baseline. A neck's FLOPs grow linearly with its repeats
+    (every repeat is the same cell on the same maps), so two builds of each give the line."""
+    from nas.backbone import backbone_widths
+    from nas.profile import profile_neck
+
+    def flops(neck: NeckSpec, repeats: int) -> float:
+        built = replace(neck, repeats=repeats)
+        widths = backbone_widths(settings.backbone)
+        return profile_neck(built, widths, settings.width, COST_IMAGE_SIZE, settings.backbone)["flops"]
+
+    reference = next((e for e in items if e.found), items[0])
+    target = flops(reference.neck, reference.neck.repeats)
+    matched = {}
+    for entry in items:
+        if entry.found or entry is reference:
+            continue
+        one, two = flops(entry.neck, 1), flops(entry.neck, 2)
+        per_repeat = max(two - one, 1.0)
+        matched[entry.label] = max(1, round((target - one) / per_repeat) + 1)
+    return matched
 
 
 def entries(run: RunFolder, top: int, baselines: Sequence[str]) -> list[Entry]:
@@ -171,7 +211,7 @@ def run_jobs(
     def job_dir(entry: Entry, seed: int) -> Path:
         # Keyed by the RoI mode too: ``augfpn`` trains with soft RoIs, or with fpn under --roi fpn.
         roi = roi_mode(entry.neck, settings)
-        name = entry.label.replace(" ", "-").partition("@")[0] + (f"@{roi}" if roi else "")
+        name = re.sub(r"@\w+", "", entry.label.replace(" ", "-")) + (f"@{roi}" if roi else "")
         return out_dir / "jobs" / settings.budget / name / f"seed{seed}"
 
     @ray.remote
@@ -292,7 +332,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
     lines = [
         f"# Comparison: {settings.detector}, budget {settings.budget}, seeds {', '.join(map(str, seeds))}",
         "",
-        f"AP in points; every neck {settings.width} channels wide, repeated as its paper does; "
+        f"AP in points; every neck {settings.width} channels wide, repeated as its column says; "
         f"costs of the neck alone at {COST_IMAGE_SIZE}x{COST_IMAGE_SIZE}, one CPU thread"
         + (" (GPU: batch 1)." if gpu else "."),
         "",

@@ -7,7 +7,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import optuna
@@ -16,11 +16,13 @@ import ray
 import torch
 from PIL import Image
 
+from nas.backbone import backbone_widths
 from nas.cli import main
-from nas.compare import Entry, write_results
+from nas.compare import Entry, matched_repeats, write_results
 from nas.evaluate import METRICS
 from nas.necks import resolve_neck
-from nas.runs import RunFolder, SearchConfig
+from nas.profile import profile_neck
+from nas.runs import COST_IMAGE_SIZE, RunFolder, SearchConfig
 from nas.settings import ProxySettings
 from search_spaces import get_space
 
@@ -176,3 +178,54 @@ def test_a_state_saved_by_another_training_is_not_counted_as_resumed(
     printed = capsys.readouterr().out
     assert "1 of 1 trainings to run" in printed and "saved state" not in printed
     assert (job / "metrics.json").is_file() and not (job / "resume.pt").exists()
+
+
+def test_compare_repeats_a_baseline_as_asked_and_keeps_its_trainings_apart(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", "--baselines", "fpn,panet", "--repeats", "fpn=2", "--seeds", "1", "--out", str(out)]
+    data = ["--data", str(tiny_dataset), "--backbone-checkpoint", str(backbone_checkpoint)]
+    proxy = ["--budget", "quick", "--width", "16", "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, *data, *proxy]) == 0
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert [(r["neck"], r["repeats"]) for r in rows] == [("fpn x2", "2"), ("panet", "1")]
+    assert {p.parent.parent.name for p in out.glob("jobs/quick/*/seed0/metrics.json")} == {"fpn-x2", "panet"}
+
+
+def test_matched_repeats_bring_each_baseline_nearest_the_found_cells_flops() -> None:
+    settings = ProxySettings(width=32)
+    found = Entry("trial 0", replace(resolve_neck("nasfpn"), repeats=3), found=True)
+    items = [found, *(Entry(name, resolve_neck(name), found=False) for name in ("fpn", "bifpn"))]
+    matched = matched_repeats(items, settings)
+    assert set(matched) == {"fpn", "bifpn"}
+
+    def flops(entry: Entry, repeats: int) -> float:
+        neck, widths = replace(entry.neck, repeats=repeats), backbone_widths(settings.backbone)
+        return profile_neck(neck, widths, settings.width, COST_IMAGE_SIZE)["flops"]
+
+    target = flops(found, 3)
+    for entry in items[1:]:
+        k = matched[entry.label]
+        gap = abs(flops(entry, k) - target)
+        assert all(gap <= abs(flops(entry, other) - target) for other in (k - 1, k + 1) if other >= 1)
+    assert matched["fpn"] > 1  # NAS-FPN x3 costs more than one FPN
+
+
+@pytest.mark.parametrize(
+    "options, named",
+    [
+        (["--repeats", "fpn=0"], "fpn=0"),
+        (["--repeats", "fpn"], "fpn"),
+        (["--repeats", "panet=2"], "panet"),
+        (["--repeats", "fpn=2", "--match-flops"], "--match-flops"),
+    ],
+)
+def test_compare_refuses_impossible_repeats_in_one_line(options: list[str], named: str, capsys) -> None:
+    try:  # argparse exits on what it parses; the command returns 2 on what it checks itself
+        status = main(["compare", "--baselines", "fpn", *options])
+    except SystemExit as stop:
+        status = stop.code
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and named in err
