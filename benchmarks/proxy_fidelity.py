@@ -1,6 +1,7 @@
 """Does the proxy rank necks as the published results do?
 
-    python benchmarks/proxy_fidelity.py [--seeds 3] [--long NECK,...] [--results runs/fidelity.jsonl]
+    python benchmarks/proxy_fidelity.py [--seeds 3] [--long NECK,...] [--repeats NECK=K,...]
+                                        [--results runs/fidelity.jsonl]
 
 The reference is nobody's choice here:
 
@@ -16,10 +17,11 @@ AP mean ± std, AP per group of the data (context, shape, detail), seconds; FPN 
 with Welch's one-sided p; Kendall's tau_b of the mean-AP ranking against the reference; tau_b of
 seed 0's ranking against seed 1's; and, for the necks in ``--long``, tau_b against a 4x budget
 (``full``) with the backbone trained in every trial -- the long reference, a few necks at most on
-a CPU.
+a CPU. ``--repeats NECK=K`` trains a neck at another depth (EfficientDet compared necks at
+similar cost; a short proxy budget favours shallow ones).
 
-Every finished training is appended to ``--results`` (JSON lines, keyed by the data's version
-and the pretraining's version and steps too) and skipped when the script runs again: an
+Every finished training is appended to ``--results`` (JSON lines, keyed by the repeats, the
+data's version and the pretraining's version and steps too) and skipped when the script runs again: an
 interrupted benchmark resumes where it stopped.
 """
 
@@ -34,6 +36,7 @@ from pathlib import Path
 from scipy.stats import kendalltau, ttest_ind
 
 from nas.backbone import backbone_widths
+from nas.cli import parse_repeats
 from nas.data import synth
 from nas.data.coco import CocoDetection
 from nas.necks import resolve_neck
@@ -56,10 +59,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--necks", default=",".join(REFERENCE), help="subset of the reference necks")
     parser.add_argument("--long", default="", help="necks also trained 4x longer with the backbone trainable")
+    parser.add_argument(
+        "--repeats",
+        type=parse_repeats,
+        default={},
+        metavar="NECK=K,...",
+        help="default: the paper's",
+    )
     parser.add_argument("--results", type=Path, default=ROOT / "runs" / "fidelity.jsonl")
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "runs" / "cache")
     args = parser.parse_args()
     necks = [n for n in REFERENCE if n in args.necks.split(",")]
+    specs = {n: replace(resolve_neck(n), repeats=args.repeats.get(n, resolve_neck(n).repeats)) for n in necks}
     long_necks = [n for n in necks if n in args.long.split(",")]
 
     base = ProxySettings()
@@ -68,8 +79,10 @@ def main() -> None:
     if args.results.exists():
         for line in args.results.read_text().splitlines():
             record = json.loads(line)
-            if record.get("versions") == VERSIONS:
-                done[(record["neck"], record["budget"], record["seed"])] = record
+            neck = record["neck"]
+            if record.get("versions") == VERSIONS and neck in specs:
+                if record.get("repeats", resolve_neck(neck).repeats) == specs[neck].repeats:
+                    done[(neck, record["budget"], record["seed"])] = record
     plan = [(n, base, s) for s in range(args.seeds) for n in necks] + [
         (n, long_settings, 0) for n in long_necks
     ]
@@ -80,8 +93,15 @@ def main() -> None:
         data = prepare_proxy_data(*splits, base, args.cache_dir)
         args.results.parent.mkdir(parents=True, exist_ok=True)
         for k, (name, settings, seed) in enumerate(todo, 1):
-            metrics = train_proxy(resolve_neck(name), data, settings, seed=seed, progress=False)
-            record = {"neck": name, "budget": settings.budget, "seed": seed, "versions": VERSIONS, **metrics}
+            metrics = train_proxy(specs[name], data, settings, seed=seed, progress=False)
+            record = {
+                "neck": name,
+                "repeats": specs[name].repeats,
+                "budget": settings.budget,
+                "seed": seed,
+                "versions": VERSIONS,
+                **metrics,
+            }
             done[(name, settings.budget, seed)] = record
             with args.results.open("a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -107,7 +127,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|" + "---|" * len(GROUPS) + "---|")
     for n in necks:
-        spec = resolve_neck(n)
+        spec = specs[n]
         cost = profile_neck(spec, widths, base.width, 512)
         groups = " | ".join(
             f"{statistics.mean(ap(n, s, metric=f'AP_{g}') for s in seeds):.1f}" for g in GROUPS

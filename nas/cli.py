@@ -62,7 +62,7 @@ def _at_least(low: int):
 _positive = _at_least(1)
 
 
-def _repeats(text: str) -> dict[str, int]:
+def parse_repeats(text: str) -> dict[str, int]:
     """``NECK=K,...`` -> {NECK: K}, each K a positive integer."""
     repeats = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
@@ -195,7 +195,7 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
     cost = compare.add_mutually_exclusive_group()
     cost.add_argument(
         "--repeats",
-        type=_repeats,
+        type=parse_repeats,
         default={},
         metavar="NECK=K,...",
         help="cell repeats of the baselines named (default: each neck's own), e.g. fpn=3,bifpn=2",

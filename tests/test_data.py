@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from nas.data import synth
 from nas.data.coco import CocoDetection, DatasetError, collate, find_split
+from nas.detector import anchor_sizes
 
 TINY = {"train": 6, "val": 3, "size": 64}
 
@@ -104,6 +105,7 @@ def test_ground_truth_as_detections_scores_ap_1(tiny: Path) -> None:
 
 
 SCENES = [synth.render(0, "train", i) for i in range(150)]  # default size
+P4_ANCHOR = anchor_sizes(synth.DEFAULT_SIZE)[1][0]  # the smallest anchor of P4, in px
 
 
 def _named(objects: list[dict]) -> list[tuple[str, list[float]]]:
@@ -132,6 +134,8 @@ def test_a_token_is_named_by_its_scene_and_lies_far_from_the_plate() -> None:
             if name.startswith("token_"):
                 tokens += 1
                 assert name == f"token_{theme}"
+                # Found on P3 alone: even centred on P4's smallest anchor it overlaps it under 0.5.
+                assert max(box[2:]) <= P4_ANCHOR and box[2] * box[3] / P4_ANCHOR**2 < 0.5
                 # The plate's annotated box (clipped, maybe hidden) lies within its drawn box.
                 for plate in plates:
                     assert synth.box_gap(_xyxy(box), _xyxy(plate)) >= synth.CONTEXT_GAP

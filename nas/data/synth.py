@@ -12,11 +12,14 @@ fusing features across scales pays.
 It is a test bed, not evidence about anyone's data: each reason necks exist for is given work
 to do, one group of classes a reason (a category's ``supercategory`` names its group):
 
-- *context* -- top-down paths pay. Every scene has a theme (``THEMES``: square, disc or
-  triangle), the outline of its one large plate. Tokens -- 3-6 small discs, all alike -- are
-  labelled with the scene's theme (``token_square``, ...), and each lies at least
-  ``CONTEXT_GAP`` px (box to box) from the plate: what names a token is only seen far from it,
-  by the coarse levels.
+- *context* -- top-down paths pay. Every scene has a theme (``THEMES``: square, bar, disc or
+  ellipse), the outline of its one large plate, which lies wholly in the image. Tokens -- 3-6
+  small solid discs, all alike -- are labelled with the scene's theme (``token_square``, ...),
+  and each lies at least ``CONTEXT_GAP`` px (box to box) from the plate. The themes come in
+  pairs that look the same in any part of the plate (straight edges and right-angled corners;
+  smooth curves) and differ only in the whole plate's aspect, and tokens are small enough
+  (``TOKEN_EXTENT``) to be matched on P3 alone: what names a token is only seen by the coarse
+  levels, far from it.
 - *detail* -- bottom-up paths pay. The plate (``plate_striped`` or ``plate_checked``) is named by
   its fill alone: fine stripes or a fine checker of ``DETAIL_PERIOD`` px, the same two colours
   either way, so that averaged over a stride-8 cell the two look alike. The fine levels see the
@@ -24,13 +27,15 @@ to do, one group of classes a reason (a category's ``supercategory`` names its g
 - *shape* -- neither path is everything: 1-4 middle-sized crosses, stars and rings, named by
   their own outline.
 
-Sizes span ``TOKEN_EXTENT`` 8-14 px, ``SHAPE_EXTENT`` 16-36 px and ``PLATE_EXTENT`` 48-80 px at
-128 px (all scale with the image side), 3.3 octaves from one stride of P3 up to P6's anchors.
-Clutter (2-8 unannotated lines, polylines, arcs, blobs and specks), textured backgrounds and
-occlusion (plate at the back, tokens at the front, distractors anywhere; an object with less
-than ``MIN_VISIBLE`` of its area visible is not annotated) make finding harder, not impossible:
-every object differs from what lies under it by 0.15-0.55 in luminance, and the stripes of the
-fills and backgrounds that are not plates are too coarse (>= 8 px) or absent to pass for one.
+Sizes span ``TOKEN_EXTENT`` 8-11 px, ``SHAPE_EXTENT`` 16-36 px and ``PLATE_EXTENT`` 44-72 px at
+128 px (all scale with the image side), 3 octaves from one stride of P3 up to P6's anchors.
+Clutter (2-6 unannotated lines, polylines, arcs, blobs and specks, none over 0.35 of the image
+side), textured backgrounds and occlusion (plate at the back, tokens at the front, distractors
+anywhere; an object with less than ``MIN_VISIBLE`` of its area visible is not annotated) make
+finding harder, not impossible: every object differs from what lies under it by 0.15-0.55 in
+luminance (a token by ``TOKEN_CONTRAST``, a plate's nearer colour by ``PLATE_CONTRAST``, its
+other one further still, so its outline shows at every scale), and the stripes of the fills and
+backgrounds that are not plates are too coarse (>= 8 px) or absent to pass for one.
 
 The proxy's backbone is pretrained on coarser labels than these (``nas.pretrain``), as real
 backbones are on ImageNet, and two extra fields carry them (COCO readers ignore both): each
@@ -76,11 +81,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 GENERATOR = "nasfpn.data.synth"
-VERSION = 3  # bump whenever the defaults or the rendering change: cached copies are then regenerated
+VERSION = 8  # bump whenever the defaults or the rendering change: cached copies are then regenerated
 MANIFEST = "dataset.json"
 SPLITS = ("train", "val")
 
-THEMES = ("square", "disc", "triangle")  # a scene's plate outline; names its tokens
+# A scene's plate outline, which names its tokens. In pairs alike in any local view -- straight
+# edges and right-angled corners, or smooth curves -- told apart only by the whole plate's aspect.
+THEMES = ("square", "bar", "disc", "ellipse")
 SHAPES = ("cross", "star", "ring")  # the middle band, named by their own outline
 # (name, group): the group is the COCO supercategory, one reason for necks a group.
 CATEGORY_GROUPS: tuple[tuple[str, str], ...] = (
@@ -101,15 +108,18 @@ DEFAULT_SIZE = 128
 MIN_SIZE = 32
 
 # Extents (circumscribed diameter) and distances in px at DEFAULT_SIZE; they scale with the image.
-TOKEN_EXTENT = (8.0, 14.0)
+TOKEN_EXTENT = (8.0, 11.0)  # under 0.5 IoU with P4's 16-px anchors: tokens are found on P3 alone
 SHAPE_EXTENT = (16.0, 36.0)
-PLATE_EXTENT = (48.0, 80.0)
-CONTEXT_GAP = 24.0  # least distance between a token's box and its plate's box
+PLATE_EXTENT = (44.0, 72.0)
+CONTEXT_GAP = 32.0  # least distance between a token's box and its plate's box
 DETAIL_PERIOD = (3.0, 4.5)  # px a period of a plate's stripes or checks, not scaled: a fine detail
 TOKENS_PER_IMAGE = (3, 6)  # inclusive ranges of objects tried (some may find no room or be hidden)
 SHAPES_PER_IMAGE = (1, 4)
-DISTRACTORS_PER_IMAGE = (2, 8)
-MIN_VISIBLE = 0.4  # objects with less of their area visible are not annotated
+DISTRACTORS_PER_IMAGE = (2, 6)
+TOKEN_CONTRAST = (0.3, 0.6)  # luminance difference of a token from what lies under it
+THIN_SIDE = (0.4, 0.5)  # a bar's or an ellipse's short side over its long one
+PLATE_CONTRAST = (0.2, 0.45)  # of the nearer of a plate's two colours
+MIN_VISIBLE = 0.6  # objects with less of their area visible are not annotated
 MAX_OUTSIDE = 0.25  # at most this fraction of an object's extent may lie outside the image
 
 _SPLIT_CODES = {"train": 0, "val": 1}
@@ -184,7 +194,7 @@ def render(
 ) -> tuple[Image.Image, list[dict], list[str]]:
     """One scene: the RGB image, its annotations and its tags.
 
-    Each annotation is ``{"category_id": 1..8, "bbox": [x, y, w, h], "area": w * h, "coarse":
+    Each annotation is ``{"category_id": 1..9, "bbox": [x, y, w, h], "area": w * h, "coarse":
     label}`` (the full box of the object, clipped to the image; ``COARSE``), in depth order, back
     to front. The tags are the
     scene's image-level labels (``TAGS``): its theme, then each middle shape it holds.
@@ -216,6 +226,8 @@ def render(
         base = (under * alpha[..., None]).sum((0, 1)) / weight if weight > 0 else under.mean((0, 1))
         if layer.texture is None:
             fill = _fill(rng, alpha.shape, _luminance(base))
+        elif layer.texture == "solid":
+            fill = np.broadcast_to(_contrasting(rng, _luminance(base), *TOKEN_CONTRAST), (*alpha.shape, 3))
         else:
             fill = _fine_texture(rng, alpha.shape, _luminance(base), checked=layer.texture == "checked")
         canvas[region] = under * (1.0 - alpha[..., None]) + fill * alpha[..., None]
@@ -396,7 +408,7 @@ class _Layer:
     category: int | None = None  # 1-based category id, None for a distractor
     box: Box = (0.0, 0.0, 0.0, 0.0)  # unclipped
     total_alpha: float = 0.0
-    texture: str | None = None  # a plate's fine texture, "striped" or "checked"; else a plain fill
+    texture: str | None = None  # a plate's fine "striped" or "checked", a token's "solid"; else any fill
     coarse: str = ""  # what a backbone may know of the object (see COARSE)
 
     def clipped(self, size: int) -> tuple[np.ndarray, tuple[slice, slice]]:
@@ -485,13 +497,14 @@ def _shape(rng: np.random.Generator, name: str, extent: float, cx: float, cy: fl
     elif name == "triangle":
         polygons = [_regular(3, r, theta, cx, cy)]
     elif name == "cross":
-        half_w = max(0.5, r * rng.uniform(0.2, 0.3))
+        half_w = max(0.5, r * rng.uniform(0.3, 0.4))
         polygons = [_rotated_rect(cx, cy, r, half_w, theta + k * math.pi / 2) for k in (0, 1)]
     elif name == "bar":
-        half_w = max(0.5, r * rng.uniform(0.15, 0.28))
-        polygons = [_rotated_rect(cx, cy, r, half_w, theta)]
+        polygons = [_rotated_rect(cx, cy, r, r * rng.uniform(*THIN_SIDE), theta)]
+    elif name == "ellipse":
+        polygons = [_ellipse_points(cx, cy, r, r * rng.uniform(*THIN_SIDE), theta)]
     elif name == "star":
-        polygons = [_regular(5, r, theta, cx, cy, inner=r * rng.uniform(0.38, 0.48))]
+        polygons = [_regular(5, r, theta, cx, cy, inner=r * rng.uniform(0.55, 0.65))]
     else:
         raise AssertionError(name)
 
@@ -536,7 +549,9 @@ def _objects(rng: np.random.Generator, size: int, theme: int) -> list[_Layer]:
     tokens (in front), each token at least ``CONTEXT_GAP`` from the plate's box."""
     scale = size / DEFAULT_SIZE
     extent = _extent(rng, *(e * scale for e in PLATE_EXTENT))
-    reach = extent * (0.5 - MAX_OUTSIDE) + rng.uniform(0.0, 0.25 * size, 2)
+    # Wholly inside the image (a bar's corners reach 0.56 of its extent): a clipped square would
+    # pass for a bar.
+    reach = extent * 0.6 + rng.uniform(0.0, 0.2 * size, 2)
     flip = rng.random(2) < 0.5
     centre = tuple(float(size - r if f else r) for r, f in zip(reach, flip))
     texture = ("striped", "checked")[int(rng.integers(2))]
@@ -568,7 +583,7 @@ def _objects(rng: np.random.Generator, size: int, theme: int) -> list[_Layer]:
         r = extent / 2
         for _attempt in range(30):  # rejection sampling; a scene without room gets fewer tokens
             centre = tuple(rng.uniform(r, size - r, 2))
-            layer = _layer(rng, "disc", extent, centre, 3.0, category=token, coarse="token")
+            layer = _layer(rng, "disc", extent, centre, 3.0, category=token, coarse="token", texture="solid")
             if box_gap(layer.box, plate.box) >= CONTEXT_GAP * scale and all(
                 box_gap(layer.box, t) >= 1.0 for t in taken
             ):
@@ -591,17 +606,12 @@ def _distractor(rng: np.random.Generator, kind: str, extent: float, cx: float, c
         return lambda d, p, ss: d.line([p(*xy) for xy in points], fill=255, width=width * ss, joint="curve")
     if kind == "arc":  # a partial ring
         start = rng.uniform(0, 360)
-        span = rng.uniform(60, 250)
+        span = rng.uniform(60, 180)  # no more than half: a longer arc passes for a ring
         width = max(1.0, r * rng.uniform(0.1, 0.4))
         box = (cx - r, cy - r, cx + r, cy + r)
         return lambda d, p, ss: d.arc(
             [*p(*box[:2]), *p(*box[2:])], start, start + span, fill=255, width=max(1, round(width * ss))
         )
-    if kind == "pie":  # a partial disc
-        start = rng.uniform(0, 360)
-        span = rng.uniform(70, 260)
-        box = (cx - r, cy - r, cx + r, cy + r)
-        return lambda d, p, ss: d.pieslice([*p(*box[:2]), *p(*box[2:])], start, start + span, fill=255)
     if kind == "blob":  # a few overlapping random ellipses
         parts = []
         for _ in range(int(rng.integers(2, 5))):
@@ -631,7 +641,7 @@ def _distractors(rng: np.random.Generator, size: int) -> list[_Layer]:
     for _ in range(rng.integers(DISTRACTORS_PER_IMAGE[0], DISTRACTORS_PER_IMAGE[1] + 1)):
         kind = _DISTRACTORS[int(rng.integers(len(_DISTRACTORS)))]
         low = SHAPE_EXTENT[0] if kind == "blob" else 4.0  # a small blob would pass for a token
-        extent = _extent(rng, low * size / DEFAULT_SIZE, 0.5 * size)
+        extent = _extent(rng, low * size / DEFAULT_SIZE, 0.35 * size)  # none hides a plate's outline
         cx, cy = _centre(rng, size, extent)
         alpha, x0, y0, _ = _raster(extent, cx, cy, _distractor(rng, kind, extent, cx, cy))
         depth = rng.uniform(0.5, 3.5)  # anywhere between the plate (0) and the tokens (3)
@@ -698,13 +708,14 @@ def _fine_texture(
 ) -> np.ndarray:
     """A plate's (h, w, 3) fill: two colours in fine stripes or a fine checker of
     ``DETAIL_PERIOD`` px at a random angle. Half the pixels take each colour either way, so
-    averaged over a cell much larger than the period the two textures are alike."""
-    first = _contrasting(rng, under)
+    averaged over a cell much larger than the period the two textures are alike. Both colours
+    stand apart from ``under`` on the same side, so the plate's outline -- its scene's theme --
+    shows at every scale (with one colour on either side, a plate's mean could match what lies
+    under it, and the backbone's C5 knew the theme in 0.75 of its cells)."""
+    first = _contrasting(rng, under, *PLATE_CONTRAST)
     lum = _luminance(first)
-    step = rng.uniform(0.2, 0.35)
-    second = _colour(
-        rng, lum - step if lum - step >= 0.03 and (lum + step > 0.97 or rng.random() < 0.5) else lum + step
-    )
+    away = 1.0 if lum > under else -1.0
+    second = _colour(rng, float(np.clip(lum + away * rng.uniform(0.2, 0.35), 0.03, 0.97)))
     period = rng.uniform(*DETAIL_PERIOD)
     yy, xx = _grid(shape)
     angle = rng.uniform(0, math.pi)
