@@ -21,8 +21,8 @@ a CPU. ``--repeats NECK=K`` trains a neck at another depth (EfficientDet compare
 similar cost; a short proxy budget favours shallow ones).
 
 Every finished training is appended to ``--results`` (JSON lines, keyed by the repeats, the
-data's version and the pretraining's version and steps too) and skipped when the script runs again: an
-interrupted benchmark resumes where it stopped.
+data's version and the pretraining's version and steps too) and skipped when the script runs
+again: an interrupted benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "runs" / "cache")
     args = parser.parse_args()
     necks = [n for n in REFERENCE if n in args.necks.split(",")]
-    specs = {n: replace(resolve_neck(n), repeats=args.repeats.get(n, resolve_neck(n).repeats)) for n in necks}
+    papers = {n: resolve_neck(n) for n in necks}
+    specs = {n: replace(spec, repeats=args.repeats.get(n, spec.repeats)) for n, spec in papers.items()}
     long_necks = [n for n in necks if n in args.long.split(",")]
 
     base = ProxySettings()
@@ -81,7 +82,7 @@ def main() -> None:
             record = json.loads(line)
             neck = record["neck"]
             if record.get("versions") == VERSIONS and neck in specs:
-                if record.get("repeats", resolve_neck(neck).repeats) == specs[neck].repeats:
+                if record.get("repeats", papers[neck].repeats) == specs[neck].repeats:
                     done[(neck, record["budget"], record["seed"])] = record
     plan = [(n, base, s) for s in range(args.seeds) for n in necks] + [
         (n, long_settings, 0) for n in long_necks

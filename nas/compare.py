@@ -34,11 +34,13 @@ from typing import Any
 
 from scipy.stats import ttest_ind
 
+from nas.backbone import backbone_widths
 from nas.cluster import SharedObject, ray_cluster
 from nas.errors import UsageError
 from nas.evaluate import METRICS
 from nas.genotype import Genotype
 from nas.necks import NeckSpec, resolve_neck
+from nas.profile import profile_neck
 from nas.proxy_data import ProxyData
 from nas.resume import RESUME_FILE, ResumeFile
 from nas.runs import COST_IMAGE_SIZE, RunFolder
@@ -107,12 +109,10 @@ def matched_repeats(items: list[Entry], settings: ProxySettings) -> dict[str, in
     compares necks (Tan et al. 2020, Table 5: each repeated to similar cost). The reference is
     the first found cell, else the first baseline. A neck's FLOPs grow linearly with its repeats
     (every repeat is the same cell on the same maps), so two builds of each give the line."""
-    from nas.backbone import backbone_widths
-    from nas.profile import profile_neck
+    widths = backbone_widths(settings.backbone)
 
     def flops(neck: NeckSpec, repeats: int) -> float:
         built = replace(neck, repeats=repeats)
-        widths = backbone_widths(settings.backbone)
         return profile_neck(built, widths, settings.width, COST_IMAGE_SIZE, settings.backbone)["flops"]
 
     reference = next((e for e in items if e.found), items[0])
