@@ -11,8 +11,8 @@ The reference is nobody's choice here:
   cost): repeated FPN 42.29 < NAS-FPN 43.16 < FPN + PANet 44.08 < BiFPN 44.39.
 
 So the reference order is ``nofusion < fpn < nasfpn < panet < bifpn`` (``REFERENCE``). Each neck
-trains in the default proxy (RetinaNet on the frozen, cached, scene-pretrained ResNet-10, embedded
-data) for ``--seeds`` seeds. Printed: per neck its repeats, width, params and GFLOPs (at 512x512),
+trains in the default proxy (RetinaNet's head with ATSS's sample selection on the frozen, cached,
+scene-pretrained ResNet-10, embedded data) for ``--seeds`` seeds. Printed: per neck its repeats, width, params and GFLOPs (at 512x512),
 AP mean ± std, AP per group of the data (context, shape, detail), seconds; FPN minus no fusion
 with Welch's one-sided p; Kendall's tau_b of the mean-AP ranking against the reference; tau_b of
 seed 0's ranking against seed 1's; and, for the necks in ``--long``, tau_b against a 4x budget
@@ -21,7 +21,7 @@ a CPU. ``--repeats NECK=K`` trains a neck at another depth (EfficientDet compare
 similar cost; a short proxy budget favours shallow ones).
 
 Every finished training is appended to ``--results`` (JSON lines, keyed by the repeats, the
-data's version and the pretraining's version and steps too) and skipped when the script runs
+data's version, the pretraining's version and steps, and the detector too) and skipped when the script runs
 again: an interrupted benchmark resumes where it stopped.
 """
 
@@ -50,7 +50,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 REFERENCE = ("nofusion", "fpn", "nasfpn", "panet", "bifpn")  # worst to best, see the docstring
 GROUPS = ("context", "shape", "detail")
-VERSIONS = {"data": synth.VERSION, "pretrain": PRETRAIN_VERSION, "pretrain_steps": PRETRAIN_STEPS}
+VERSIONS = {
+    "data": synth.VERSION,
+    "pretrain": PRETRAIN_VERSION,
+    "pretrain_steps": PRETRAIN_STEPS,
+    "detector": ProxySettings().detector,
+}
 
 
 def main() -> None:

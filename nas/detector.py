@@ -1,4 +1,5 @@
-"""Proxy detectors: torchvision's RetinaNet or Faster R-CNN around any neck.
+"""Proxy detectors around any neck: torchvision's RetinaNet, the same with ATSS's sample selection
+(``atss``, the default: ``nas.assign``), or Faster R-CNN.
 
 The detector is fed either normalised images or precomputed C3..C5 -- the latter when the
 backbone is frozen and its features are cached, so a trial trains only the neck and the heads.
@@ -29,6 +30,7 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import box_iou
 
+from nas.assign import atss_matches
 from nas.backbone import BackboneWithNeck
 from nas.losses import retinanet_loss
 from nas.roi import one_level_features, pool_levels, roi_pooling
@@ -101,7 +103,9 @@ class ProxyDetector(nn.Module):
     """A torchvision detector on a neck, trained and evaluated on square images.
 
     Args:
-        kind: ``retinanet`` (one stage, focal loss) or ``fasterrcnn`` (RPN + RoI heads).
+        kind: ``atss`` or ``retinanet`` (one stage, focal loss; anchors assigned by ATSS's
+            adaptive IoU threshold or by RetinaNet's fixed 0.5 / 0.4), or ``fasterrcnn`` (RPN +
+            RoI heads).
         body: backbone returning C3..C5; ``nn.Identity()`` when features are fed directly.
         neck: C3..C5 -> OrderedDict P3..P7, with ``out_channels``.
         num_classes: object classes, labelled 1..num_classes (0 is background).
@@ -131,14 +135,14 @@ class ProxyDetector(nn.Module):
             raise ValueError(f"unknown detector {kind!r} (known: {', '.join(DETECTORS)})")
         if roi is not None and roi not in ROI_MODES:
             raise ValueError(f"unknown RoI mode {roi!r} (known: {', '.join(ROI_MODES)})")
-        if kind == "retinanet" and roi not in (None, "fpn"):
+        if kind != "fasterrcnn" and roi not in (None, "fpn"):
             raise ValueError(f"RoI mode {roi!r} applies to the two-stage detector only")
         self.kind = kind
         self.image_size = image_size
         self._match_cache: dict[int, Tensor] = {}
         backbone = BackboneWithNeck(body, neck)
         common = dict(min_size=image_size, max_size=image_size)
-        if kind == "retinanet":
+        if kind != "fasterrcnn":
             sizes = anchor_sizes(image_size)
             anchors = CenteredAnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
             # torchvision's v2 head: GroupNorm after each conv and a GIoU box loss train faster
@@ -181,25 +185,30 @@ class ProxyDetector(nn.Module):
             # parameter-free default it makes in its place is dropped here).
             self.detector.roi_heads.box_roi_pool = roi_pool
 
-    def _matches(self, targets: list[dict[str, Tensor]], anchors: list[Tensor]) -> list[Tensor]:
-        """Per image, the box each anchor is matched to (-1 background, -2 ignored).
+    def _matches(
+        self, targets: list[dict[str, Tensor]], anchors: list[Tensor], anchors_per_level: list[int]
+    ) -> list[Tensor]:
+        """Per image, the box each anchor is matched to (-1 background, -2 ignored): by ATSS
+        (``nas.assign``) or by RetinaNet's IoU thresholds, as ``kind`` says.
 
         The anchors are the same for every image of the proxy's fixed size, so an image's
         matches never change: they are computed once per model and kept by ``image_id`` (the
         training targets carry it; a model trains on one split). Targets without one are
         matched afresh.
         """
+        per_location = self.detector.head.classification_head.num_anchors
         matches = []
         for target, image_anchors in zip(targets, anchors):
             key = target.get("image_id")
             matched = self._match_cache.get(int(key)) if key is not None else None
             if matched is None:
-                if target["boxes"].numel() == 0:
-                    matched = torch.full(
-                        (image_anchors.shape[0],), -1, dtype=torch.int64, device=image_anchors.device
-                    )
+                boxes = target["boxes"]
+                if self.kind == "atss":
+                    matched = atss_matches(boxes, image_anchors, anchors_per_level, per_location)
+                elif boxes.numel() == 0:
+                    matched = torch.full((image_anchors.shape[0],), -1, dtype=torch.int64, device=boxes.device)
                 else:
-                    matched = self.detector.proposal_matcher(box_iou(target["boxes"], image_anchors))
+                    matched = self.detector.proposal_matcher(box_iou(boxes, image_anchors))
                 if key is not None:
                     self._match_cache[int(key)] = matched.to(torch.int32)  # half the memory of int64
             matches.append(matched.long())
@@ -287,22 +296,20 @@ class ProxyDetector(nn.Module):
         model = self.detector
         head_outputs = model.head(features)
         anchors = model.anchor_generator(images, features)
+        per_location = model.head.classification_head.num_anchors
+        per_level = [per_location * x.shape[2] * x.shape[3] for x in features]  # anchors run level by level
         if self.training:
-            matches = self._matches(targets, anchors)
+            matches = self._matches(targets, anchors, per_level)
             losses = retinanet_loss(model.head, targets, head_outputs, anchors, matches)
             if laterals is not None:
                 maps = list(laterals.values())
-                # Anchors are ordered level by level: the laterals' levels come first.
-                k = model.head.classification_head.num_anchors * sum(x.shape[2] * x.shape[3] for x in maps)
+                k = sum(per_level[: len(maps)])  # the laterals' levels come first
                 aux = retinanet_loss(
                     model.head, targets, model.head(maps), [a[:k] for a in anchors], [m[:k] for m in matches]
                 )
                 losses.update({f"aux_{name}": self.neck.auxiliary_weight * v for name, v in aux.items()})
             return losses
         # Split the flat per-anchor outputs back into levels, as RetinaNet.forward does.
-        per_level = [x.shape[2] * x.shape[3] for x in features]
-        per_anchor = head_outputs["cls_logits"].shape[1] // sum(per_level)
-        per_level = [hw * per_anchor for hw in per_level]
         split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
         split_anchors = [list(a.split(per_level)) for a in anchors]
         return model.postprocess_detections(split_outputs, split_anchors, images.image_sizes)

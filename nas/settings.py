@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 NORMS = ("bn", "gn", "none")  # after every conv of a neck, see nas.ops
-DETECTORS = ("retinanet", "fasterrcnn")
+DETECTORS = ("atss", "retinanet", "fasterrcnn")  # one-stage with ATSS or IoU assignment, two-stage
 ROI_MODES = ("fpn", "panet", "soft")  # Faster R-CNN's RoI features, see nas.roi
 # C3..C5 widths of the torchvision ResNets a proxy can use (nas.backbone builds them).
 BACKBONE_WIDTHS: dict[str, tuple[int, int, int]] = {
@@ -41,7 +41,7 @@ BUDGETS = {
 class ProxySettings:
     """How a proxy trial trains: everything but the neck, the data and the seed."""
 
-    detector: str = "retinanet"
+    detector: str = "atss"
     backbone: str = "resnet10"
     backbone_checkpoint: str | None = None
     freeze_backbone: bool = True

@@ -23,6 +23,7 @@ from nas.train import roi_mode
 WIDTHS = backbone_widths("resnet10")
 WIDTH = 16
 AUX = {
+    "atss": {"aux_classification", "aux_bbox_regression"},
     "retinanet": {"aux_classification", "aux_bbox_regression"},
     "fasterrcnn": {"aux_loss_classifier", "aux_loss_box_reg"},
 }
@@ -72,7 +73,7 @@ def test_rfa_changes_only_the_top_down_path() -> None:
 
 
 @pytest.mark.parametrize("size", [64, 96])
-@pytest.mark.parametrize("kind", ["retinanet", "fasterrcnn"])
+@pytest.mark.parametrize("kind", ["atss", "retinanet", "fasterrcnn"])
 def test_trains_with_auxiliary_losses_and_infers_without(kind: str, size: int, monkeypatch) -> None:
     model = _model(kind, size).train()
     c, targets = _batch(size)

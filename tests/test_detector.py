@@ -73,13 +73,14 @@ def test_images_and_cached_features_give_the_same_detections() -> None:
         torch.testing.assert_close(a["scores"], b["scores"])
 
 
-def test_batched_loss_equals_torchvisions_per_image_loss() -> None:
+@pytest.mark.parametrize("kind", ["retinanet", "atss"])
+def test_batched_loss_equals_torchvisions_per_image_loss(kind: str) -> None:
     """Same values and gradients as ``RetinaNetHead.compute_loss``, with an image that has no
-    boxes, one whose boxes are all small, and anchors ignored between the IoU thresholds; and a
-    head with another box loss is refused, not given GIoU's."""
+    boxes, one whose boxes are all small, and (RetinaNet's matcher) anchors ignored between the
+    IoU thresholds; and a head with another box loss is refused, not given GIoU's."""
     torch.manual_seed(0)
     neck = FIXED_NECKS["fpn"].build_twin(backbone_widths("resnet10"), 32)
-    model = ProxyDetector("retinanet", torch.nn.Identity(), neck, 5, 128)
+    model = ProxyDetector(kind, torch.nn.Identity(), neck, 5, 128)
     retinanet = model.detector
     features = list(
         neck([torch.randn(3, 128, 16, 16), torch.randn(3, 256, 8, 8), torch.randn(3, 512, 4, 4)]).values()
@@ -94,8 +95,9 @@ def test_batched_loss_equals_torchvisions_per_image_loss() -> None:
     # Random outputs, not the fresh head's: its prior makes every negative anchor's loss ~1e-6.
     outputs = {k: torch.randn_like(v).requires_grad_() for k, v in retinanet.head(features).items()}
     anchors = retinanet.anchor_generator(ImageList(torch.zeros(3, 3, 128, 128), [(128, 128)] * 3), features)
-    matches = model._matches(targets, anchors)
-    assert (torch.stack(matches) == -2).any() and (torch.stack(matches) >= 0).any()
+    per_level = [9 * x.shape[2] * x.shape[3] for x in features]
+    matches = model._matches(targets, anchors, per_level)
+    assert (torch.stack(matches) == -2).any() == (kind == "retinanet") and (torch.stack(matches) >= 0).any()
 
     expected = retinanet.head.compute_loss(targets, outputs, anchors, matches)
     batched = retinanet_loss(retinanet.head, targets, outputs, anchors, matches)

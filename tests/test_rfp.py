@@ -120,7 +120,7 @@ def targets(size: int) -> list[dict[str, torch.Tensor]]:
 @pytest.mark.parametrize(
     ("kind", "size", "freeze_body"),
     [
-        ("retinanet", 64, True),
+        ("atss", 64, True),
         ("retinanet", 128, False),
         ("fasterrcnn", 64, False),
         ("fasterrcnn", 128, True),

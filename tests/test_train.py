@@ -31,7 +31,7 @@ def _settings(checkpoint: Path, **overrides) -> ProxySettings:
     return ProxySettings(budget="quick", backbone_checkpoint=str(checkpoint), width=32, **overrides)
 
 
-@pytest.mark.parametrize("detector", ["retinanet", "fasterrcnn"])
+@pytest.mark.parametrize("detector", ["atss", "retinanet", "fasterrcnn"])
 def test_quick_trial_end_to_end(
     detector: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
 ) -> None:
