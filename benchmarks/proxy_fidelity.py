@@ -12,17 +12,17 @@ The reference is nobody's choice here:
 
 So the reference order is ``nofusion < fpn < nasfpn < panet < bifpn`` (``REFERENCE``). Each neck
 trains in the default proxy (RetinaNet's head with ATSS's sample selection on the frozen, cached,
-scene-pretrained ResNet-10, embedded data) for ``--seeds`` seeds. Printed: per neck its repeats, width, params and GFLOPs (at 512x512),
-AP mean ± std, AP per group of the data (context, shape, detail), seconds; FPN minus no fusion
-with Welch's one-sided p; Kendall's tau_b of the mean-AP ranking against the reference; tau_b of
-seed 0's ranking against seed 1's; and, for the necks in ``--long``, tau_b against a 4x budget
-(``full``) with the backbone trained in every trial -- the long reference, a few necks at most on
-a CPU. ``--repeats NECK=K`` trains a neck at another depth (EfficientDet compared necks at
-similar cost; a short proxy budget favours shallow ones).
+scene-pretrained ResNet-10, embedded data) for ``--seeds`` seeds. Printed: per neck its repeats,
+width, params and GFLOPs (at 512x512), AP mean ± std, AP per group of the data (context, shape,
+detail), seconds; FPN minus no fusion with Welch's one-sided p; Kendall's tau_b of the mean-AP
+ranking against the reference; tau_b of seed 0's ranking against seed 1's; and, for the necks in
+``--long``, tau_b against a 4x budget (``full``) with the backbone trained in every trial -- the
+long reference, a few necks at most on a CPU. ``--repeats NECK=K`` trains a neck at another depth
+(EfficientDet compared necks at similar cost; a short proxy budget favours shallow ones).
 
-Every finished training is appended to ``--results`` (JSON lines, keyed by the repeats, the
-data's version, the pretraining's version and steps, and the detector too) and skipped when the script runs
-again: an interrupted benchmark resumes where it stopped.
+Every finished training is appended to ``--results`` (JSON lines, keyed by the repeats, the data's
+version, the pretraining's version and steps, and the detector too) and skipped when the script
+runs again: an interrupted benchmark resumes where it stopped.
 """
 
 from __future__ import annotations

@@ -22,7 +22,11 @@ TOP_K = 9  # anchor locations a level offers each box as candidates (the paper's
 
 
 def atss_matches(
-    boxes: Tensor, anchors: Tensor, anchors_per_level: Sequence[int], anchors_per_location: int, top_k: int = TOP_K
+    boxes: Tensor,
+    anchors: Tensor,
+    anchors_per_level: Sequence[int],
+    anchors_per_location: int,
+    top_k: int = TOP_K,
 ) -> Tensor:
     """The box each anchor learns, or -1 (background); no anchor is ignored.
 

@@ -371,7 +371,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
                 [
                     e.label,
                     e.found,
-                    roi_mode(e.neck, settings) or "-",  # RetinaNet pools no RoIs
+                    roi_mode(e.neck, settings) or "-",  # a one-stage detector pools no RoIs
                     e.neck.repeats,
                     settings.width,
                     len(e.runs),

@@ -206,7 +206,7 @@ class ProxyDetector(nn.Module):
                 if self.kind == "atss":
                     matched = atss_matches(boxes, image_anchors, anchors_per_level, per_location)
                 elif boxes.numel() == 0:
-                    matched = torch.full((image_anchors.shape[0],), -1, dtype=torch.int64, device=boxes.device)
+                    matched = torch.full((len(image_anchors),), -1, dtype=torch.int64, device=boxes.device)
                 else:
                     matched = self.detector.proposal_matcher(box_iou(boxes, image_anchors))
                 if key is not None:

@@ -158,7 +158,7 @@ def fit(
 
 def roi_mode(neck: NeckSpec, settings: ProxySettings) -> str | None:
     """Faster R-CNN's RoI feature extraction for ``neck``: the neck's own (AugFPN's ``soft``, a
-    compare entry's ``@mode``) or else the proxy's; None for RetinaNet, which has none."""
+    compare entry's ``@mode``) or else the proxy's; None for a one-stage detector, which has none."""
     if settings.detector != "fasterrcnn":
         return None
     return neck.roi or settings.roi

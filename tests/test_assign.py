@@ -93,7 +93,8 @@ def test_the_atss_detector_learns_from_its_matches_and_keeps_them() -> None:
     torch.manual_seed(0)
     neck = FIXED_NECKS["fpn"].build(backbone_widths("resnet10"), 16)
     model = ProxyDetector("atss", torch.nn.Identity(), neck, 3, IMAGE).train()
-    features = [torch.randn(2, c, IMAGE // s, IMAGE // s) for c, s in zip(backbone_widths("resnet10"), (8, 16, 32))]
+    widths = backbone_widths("resnet10")
+    features = [torch.randn(2, c, IMAGE // s, IMAGE // s) for c, s in zip(widths, (8, 16, 32))]
     boxes = _random_boxes(3, 7)
     targets = [
         {"boxes": boxes, "labels": torch.tensor([1, 2, 3]), "image_id": torch.tensor(i)} for i in range(2)
