@@ -148,9 +148,8 @@ def step_breakdown(data: ProxyData, settings: ProxySettings, steps: int) -> dict
         lap("head")
         image_list = ImageList(images, [(settings.image_size, settings.image_size)] * len(index))
         anchors = detector.anchor_generator(image_list, features)
-        per_location = detector.head.classification_head.num_anchors
-        per_level = [per_location * x.shape[2] * x.shape[3] for x in features]
-        matches = model._matches(targets, anchors, per_level)  # the proxy's matching and loss, as in training
+        # the proxy's matching and loss, as in training
+        matches = model._matches(targets, anchors, model._anchors_per_level(features))
         loss = sum(retinanet_loss(detector.head, targets, head_outputs, anchors, matches).values())
         lap("loss + matching")
         optimizer.zero_grad(set_to_none=True)

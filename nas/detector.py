@@ -214,6 +214,11 @@ class ProxyDetector(nn.Module):
             matches.append(matched.long())
         return matches
 
+    def _anchors_per_level(self, features: list[Tensor]) -> list[int]:
+        """How many of the one-stage head's anchors each level holds (they run level by level)."""
+        per_location = self.detector.head.classification_head.num_anchors
+        return [per_location * x.shape[2] * x.shape[3] for x in features]
+
     @property
     def body(self) -> nn.Module:
         return self.detector.backbone.body
@@ -296,8 +301,7 @@ class ProxyDetector(nn.Module):
         model = self.detector
         head_outputs = model.head(features)
         anchors = model.anchor_generator(images, features)
-        per_location = model.head.classification_head.num_anchors
-        per_level = [per_location * x.shape[2] * x.shape[3] for x in features]  # anchors run level by level
+        per_level = self._anchors_per_level(features)
         if self.training:
             matches = self._matches(targets, anchors, per_level)
             losses = retinanet_loss(model.head, targets, head_outputs, anchors, matches)
