@@ -382,7 +382,7 @@ def _train(args: argparse.Namespace) -> None:
             else ""
         )
     )
-    print("  ".join(f"{m} {metrics[m] * 100:5.1f}" for m in METRICS))
+    print("  ".join(f"{m} {metrics[m] * 100:5.1f}" if m in metrics else f"{m}     -" for m in METRICS))
     groups = [m for m in metrics if m.startswith("AP_")]  # per supercategory, when there are several
     if groups:
         print("  ".join(f"{m} {metrics[m] * 100:5.1f}" for m in groups))

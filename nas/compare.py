@@ -65,7 +65,8 @@ class Entry:
     costs: dict[str, float] = field(default_factory=dict)
 
     def values(self, metric: str) -> list[float]:
-        return [r[metric] for r in self.runs]
+        """``metric`` of every run that has it (a size class with no boxes has no AP)."""
+        return [r[metric] for r in self.runs if metric in r]
 
     def mean(self, metric: str) -> float:
         return statistics.fmean(self.values(metric))
@@ -73,6 +74,10 @@ class Entry:
     def std(self, metric: str) -> float:
         values = self.values(metric)
         return statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def points(self, metric: str) -> str:
+        """The mean in AP points for a table, "-" where no run has the metric."""
+        return f"{self.mean(metric) * 100:.1f}" if self.values(metric) else "-"
 
 
 def baseline_entry(text: str, detector: str, roi: str | None = None) -> Entry:
@@ -322,7 +327,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
                 *([roi_mode(e.neck, settings)] if two_stage else []),
                 str(e.neck.repeats),
                 f"{e.mean('AP') * 100:.1f} ± {e.std('AP') * 100:.1f}",
-                *(f"{e.mean(m) * 100:.1f}" for m in METRICS[1:]),
+                *(e.points(m) for m in METRICS[1:]),
                 f"{e.costs['params'] / 1e6:.2f}M",
                 f"{e.costs['flops'] / 1e9:.2f}",
                 f"{e.costs['latency_ms']:.1f}",
@@ -366,7 +371,7 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
             ]
         )
         for e in items:
-            means = [round(e.mean(m), 5) for m in METRICS]
+            means = [round(e.mean(m), 5) if e.values(m) else "" for m in METRICS]
             writer.writerow(
                 [
                     e.label,

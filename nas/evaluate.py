@@ -24,27 +24,38 @@ COCO_IMAGE_SIDE = 640
 
 
 def coco_ap(coco: COCO, detections: Sequence[dict], image_ids: Sequence[int]) -> dict[str, float]:
-    """AP, AP50, AP75, APs, APm, APl in [0, 1] of ``detections`` (COCO result dicts:
-    image_id, category_id, bbox [x, y, w, h] in original pixels, score) on ``image_ids``.
+    """AP, AP50, AP75 and, where the data has boxes of that size, APs, APm, APl, in [0, 1], of
+    ``detections`` (COCO result dicts: image_id, category_id, bbox [x, y, w, h] in original
+    pixels, score) on ``image_ids``.
 
-    A metric with no ground truth in its class (e.g. no large objects) is reported as 0. Plus
-    ``AP_<group>`` per supercategory when there are several.
+    A size class with no ground truth (e.g. no object under 6 px at 128 px) has no AP: its key
+    is left out, and tables print "-" (COCOeval's -1, not a score of 0). Plus ``AP_<group>`` per
+    supercategory when there are several.
     """
     groups = category_groups(coco)
+    side = np.mean([np.sqrt(coco.imgs[i]["width"] * coco.imgs[i]["height"]) for i in image_ids])
+    scale = (side / COCO_IMAGE_SIDE) ** 2
+    small, medium = 32**2 * scale, 96**2 * scale
+    area_ranges = [[0, 1e10], [0, small], [small, medium], [medium, 1e10]]
+    # COCOeval ignores a box outside a range's closed interval; a size with no box has no AP
+    areas = [a["area"] for a in coco.loadAnns(coco.getAnnIds(imgIds=list(image_ids))) if not a.get("iscrowd")]
+    sized = {
+        name: any(low <= area <= high for area in areas)
+        for name, (low, high) in zip(METRICS[3:], area_ranges[1:])
+    }
+    names = [name for name in METRICS if sized.get(name, True)]
     if not detections:
-        return dict.fromkeys([*METRICS, *(f"AP_{g}" for g in groups)], 0.0)
+        return dict.fromkeys([*names, *(f"AP_{g}" for g in groups)], 0.0)
     with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its progress
         results = coco.loadRes(list(detections))
         evaluator = COCOeval(coco, results, "bbox")
         evaluator.params.imgIds = list(image_ids)
-        side = np.mean([np.sqrt(coco.imgs[i]["width"] * coco.imgs[i]["height"]) for i in image_ids])
-        scale = (side / COCO_IMAGE_SIDE) ** 2
-        small, medium = 32**2 * scale, 96**2 * scale
-        evaluator.params.areaRng = [[0, 1e10], [0, small], [small, medium], [medium, 1e10]]
+        evaluator.params.areaRng = area_ranges
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    metrics = {name: max(0.0, float(value)) for name, value in zip(METRICS, evaluator.stats[:6])}
+    stats = dict(zip(METRICS, evaluator.stats[:6]))
+    metrics = {name: max(0.0, float(stats[name])) for name in names}
     # precision is (IoU thresholds, recall points, categories, areas, max detections): all areas, 100
     precision = evaluator.eval["precision"][:, :, :, 0, -1]
     for group, category_ids in groups.items():

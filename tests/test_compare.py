@@ -229,3 +229,14 @@ def test_compare_refuses_impossible_repeats_in_one_line(options: list[str], name
     assert status == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and named in err
+
+
+def test_a_size_class_no_run_has_is_a_dash(tmp_path: Path) -> None:
+    runs = [{m: ap for m in METRICS if m != "APs"} for ap in (0.1, 0.2)]
+    costs = {"params": 1000, "flops": 2e9, "latency_ms": 3.0}
+    write_results([Entry("fpn", resolve_neck("fpn"), False, runs, costs)], [0, 1], ProxySettings(), tmp_path)
+    header, _, row = (tmp_path / "compare.md").read_text().splitlines()[4:7]
+    cells = dict(zip(header.split(" | "), row.split(" | ")))
+    assert cells["APs"] == "-" and cells["APm"] == "15.0"
+    row = next(csv.DictReader((tmp_path / "compare.csv").open()))
+    assert row["APs_mean"] == "" and float(row["APm_mean"]) == 0.15

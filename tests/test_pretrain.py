@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from nas.data import synth
 from nas.data.coco import CocoDetection
@@ -113,3 +117,40 @@ def test_ap_per_group_from_the_same_evaluation(train_split) -> None:
     metrics = coco_ap(coco, wrong, train_split.image_ids)
     assert metrics["AP_context"] == 0.0 and metrics["AP_shape"] == pytest.approx(1.0)
     assert metrics["AP_detail"] == pytest.approx(1.0) and 0.0 < metrics["AP"] < 1.0
+
+
+def _coco(boxes: list[list[float]]) -> COCO:
+    """One 128 x 128 image holding ``boxes`` (x, y, w, h) of one category."""
+    coco = COCO()
+    coco.dataset = {
+        "images": [{"id": 1, "width": 128, "height": 128}],
+        "categories": [{"id": 1, "name": "thing"}],
+        "annotations": [
+            {"id": k, "image_id": 1, "category_id": 1, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+            for k, b in enumerate(boxes, 1)
+        ],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def test_a_size_class_with_no_boxes_has_no_ap() -> None:
+    # At 128 px the small/medium/large limits are 6.4^2 and 19.2^2 px: these boxes are medium.
+    coco = _coco([[10, 10, 12, 12], [60, 60, 15, 10]])
+    perfect = [{**a, "score": 1.0} for a in coco.dataset["annotations"]]
+    metrics = coco_ap(coco, perfect, [1])
+    assert "APs" not in metrics and "APl" not in metrics and metrics["APm"] == pytest.approx(1.0)
+    assert coco_ap(coco, [], [1]) == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APm": 0.0}
+    # COCOeval's own answer for the classes left out: -1, "no ground truth".
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(coco, coco.loadRes(perfect), "bbox")
+        evaluator.params.areaRng = [[0, 1e10], [0, 6.4**2], [6.4**2, 19.2**2], [19.2**2, 1e10]]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    assert evaluator.stats[3] == -1 and evaluator.stats[5] == -1
+    # A 5 x 5 box makes small a class, scored like any other.
+    coco = _coco([[10, 10, 12, 12], [60, 60, 5, 5], [30, 30, 40, 40]])
+    metrics = coco_ap(coco, [{**a, "score": 1.0} for a in coco.dataset["annotations"]], [1])
+    assert metrics["APs"] == metrics["APm"] == metrics["APl"] == pytest.approx(1.0)

@@ -49,21 +49,23 @@ def test_quick_trial_end_to_end(
         report=lambda step, m: reports.append((step, (tmp_path / "run" / "checkpoint.pt").is_file())),
     )
     assert reports == [(30, True)]
-    for name in METRICS:
+    assert {"AP", "AP50", "AP75"} <= set(metrics)  # sizes only where the data has such boxes
+    for name in set(METRICS) & set(metrics):
         assert 0.0 <= metrics[name] <= 1.0
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["metrics"]["AP"] == metrics["AP"] and saved["settings"]["detector"] == detector
     assert any((tmp_path / "run" / "tb").iterdir())
     model = load_checkpoint(tmp_path / "run" / "checkpoint.pt", resolve_neck("fpn"), data, settings)
     evaluated = evaluate(model, data)
-    assert set(METRICS) < set(evaluated) and evaluated == {name: metrics[name] for name in evaluated}
+    assert {"AP", "AP50", "AP75"} < set(evaluated)
+    assert evaluated == {name: metrics[name] for name in evaluated}
 
 
 def test_same_seed_same_ap(tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path) -> None:
     settings = _settings(backbone_checkpoint)
     data = prepare_proxy_data(*_splits(tiny_dataset), settings, tmp_path, progress=False)
     runs = [train_proxy(resolve_neck("bifpn"), data, settings, seed=5, progress=False) for _ in range(2)]
-    assert {m: runs[0][m] for m in METRICS} == {m: runs[1][m] for m in METRICS}
+    assert {m: runs[0].get(m) for m in METRICS} == {m: runs[1].get(m) for m in METRICS}
 
 
 def test_backbone_is_pretrained_once_and_cached(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
@@ -212,7 +214,7 @@ def test_an_interrupted_training_resumes_to_the_same_weights_and_ap(
     )
     assert reports == [6] and resumed["resumed_at"] == 3  # steps 1..3 and their evaluation not redone
     assert resumed["seconds"] > seconds_before > 0  # the time spent before the stop is counted
-    assert {m: resumed[m] for m in METRICS} == {m: whole[m] for m in METRICS}
+    assert {m: resumed.get(m) for m in METRICS} == {m: whole.get(m) for m in METRICS}
     weights = torch.load(run / "checkpoint.pt", weights_only=True)
     for name, value in torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=True).items():
         assert torch.equal(weights[name], value), name
