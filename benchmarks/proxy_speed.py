@@ -43,7 +43,7 @@ from nas.losses import retinanet_loss
 from nas.necks import resolve_neck
 from nas.proxy_data import ProxyData, prepare_proxy_data
 from nas.schedule import shuffled_batches, warmup_cosine
-from nas.settings import BUDGETS, ProxySettings
+from nas.settings import Budget, ProxySettings, budget_of
 from nas.train import build_proxy_model, coco_results, train_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def stock_steps(model: RetinaNet, data: ProxyData, settings: ProxySettings, step
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(steps, settings.warmup_steps))
-    batches = shuffled_batches(len(data.train), BUDGETS[settings.budget].batch_size, seed)
+    batches = shuffled_batches(len(data.train), budget_of(settings.budget).batch_size, seed)
     model.train()
     start = time.perf_counter()
     for _ in range(steps):
@@ -107,11 +107,10 @@ def stock_ap(model: RetinaNet, data: ProxyData) -> float:
 
 def proxy_steps(data: ProxyData, settings: ProxySettings, steps: int, seed: int) -> float:
     """Seconds per step of the proxy's own loop (neck + heads on cached features)."""
-    from nas.settings import Budget
     from nas.train import fit
 
     model = build_proxy_model(resolve_neck("fpn"), data, settings)
-    budget = Budget(steps, evaluations=0, batch_size=BUDGETS[settings.budget].batch_size)
+    budget = Budget(steps, evaluations=0, batch_size=budget_of(settings.budget).batch_size)
     start = time.perf_counter()
     fit(model, data, settings, budget, seed, progress=False)
     return (time.perf_counter() - start) / steps
@@ -124,7 +123,7 @@ def step_breakdown(data: ProxyData, settings: ProxySettings, steps: int) -> dict
     detector = model.detector
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=settings.lr)
-    batches = shuffled_batches(len(data.train), BUDGETS[settings.budget].batch_size, 0)
+    batches = shuffled_batches(len(data.train), budget_of(settings.budget).batch_size, 0)
     parts = dict.fromkeys(("data", "backbone", "neck", "head", "loss + matching", "backward", "update"), 0.0)
     model.train()
     for _ in range(steps):
@@ -181,7 +180,7 @@ def main() -> None:
     trial = train_proxy(resolve_neck("fpn"), data, settings, seed=0, progress=False)
     trial_seconds = time.perf_counter() - start
     peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    budget = BUDGETS[settings.budget]
+    budget = budget_of(settings.budget)
 
     n = args.steps_stock
     ours = proxy_steps(data, settings, n, seed=1)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -173,9 +173,46 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--gpus-per-trial", type=float, help="GPU share of a trial (default 1 with a GPU)")
     search.add_argument("--address", help="join this Ray cluster (default: start a local one)")
     search.add_argument("--storage", help="SQLAlchemy URL of the Optuna storage (default runs/NAME/study.db)")
+    search.add_argument(
+        "--calibration", type=Path, help="a nasfpn calibrate folder: with --budget calibrated, its budget"
+    )
     _add_data_options(search)
-    _add_proxy_options(search)
+    _add_proxy_options(search, budget=_budget_or_calibrated)
     search.set_defaults(handler=_search)
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="can the proxy be trusted on this data, and at which budget? calibration.md/.csv/.png/.json",
+        description="Surveys the data, trains a panel of necks (no fusion, FPN, PANet, BiFPN, NAS-FPN, "
+        "random points of the space) at each candidate budget and once at a longer reference budget with "
+        "the backbone trained, and says which budget ranks them as the reference does (resumable).",
+    )
+    calibrate.add_argument(
+        "--budgets", default="quick,default,full", help="candidate budgets (default %(default)s)"
+    )
+    calibrate.add_argument(
+        "--reference", default="long", help="the reference budget, longer than every candidate (default long)"
+    )
+    calibrate.add_argument(
+        "--seeds", type=_at_least(2), default=2, help="seeds a candidate budget (default 2)"
+    )
+    calibrate.add_argument(
+        "--space", choices=list(SPACES), default="nasfpn", help="where random points come from"
+    )
+    calibrate.add_argument("--random-points", type=_at_least(0), default=3, help="of the space (default 3)")
+    calibrate.add_argument(
+        "--out", type=Path, default=Path("runs/calibrate"), help="folder (default %(default)s)"
+    )
+    calibrate.add_argument(
+        "--workers", type=_positive, help="trainings at a time (default: CPUs / cpus-per-trial)"
+    )
+    calibrate.add_argument("--cpus-per-trial", type=float, default=1.0)
+    calibrate.add_argument(
+        "--gpus-per-trial", type=float, help="GPU share of a training (default 1 with a GPU)"
+    )
+    _add_data_options(calibrate)
+    _add_proxy_options(calibrate, budget=None)
+    calibrate.set_defaults(handler=_calibrate)
 
     compare = commands.add_parser(
         "compare",
@@ -235,7 +272,24 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--images", type=Path, help="folder the json files' file_name values are relative to")
 
 
-def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
+def _budget(text: str) -> str:
+    from nas.settings import budget_of
+
+    try:
+        budget_of(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _budget_or_calibrated(text: str) -> str:
+    return text if text == "calibrated" else _budget(text)
+
+
+def _add_proxy_options(
+    parser: argparse.ArgumentParser, budget: Callable[[str], str] | None = _budget
+) -> None:
+    """The proxy detector's options; ``budget`` parses ``--budget`` (None: no such option)."""
     defaults = ProxySettings()
     group = parser.add_argument_group("proxy detector")
     group.add_argument("--detector", choices=DETECTORS, default=defaults.detector)
@@ -245,7 +299,14 @@ def _add_proxy_options(parser: argparse.ArgumentParser) -> None:
         help=f"Faster R-CNN's RoI features: fpn (one level by size; default {defaults.roi}), panet "
         "(adaptive feature pooling), soft (AugFPN's soft RoI selection; augfpn's own default)",
     )
-    group.add_argument("--budget", choices=list(BUDGETS), default=defaults.budget)
+    if budget is not None:
+        group.add_argument(
+            "--budget",
+            type=budget,
+            default=defaults.budget,
+            help=f"{', '.join(BUDGETS)} or a number of steps (default {defaults.budget})"
+            + (", or calibrated (--calibration)" if budget is _budget_or_calibrated else ""),
+        )
     group.add_argument("--backbone", choices=list(BACKBONE_WIDTHS), default=defaults.backbone)
     group.add_argument("--backbone-checkpoint", type=Path, help="ResNet weights (state_dict) to start from")
     group.add_argument(
@@ -271,7 +332,7 @@ def proxy_settings(args: argparse.Namespace) -> ProxySettings:
         freeze_backbone=not args.train_backbone,
         image_size=args.image_size,
         width=args.width,
-        budget=args.budget,
+        budget=getattr(args, "budget", ProxySettings.budget),
     )
 
 
@@ -395,7 +456,10 @@ def _search(args: argparse.Namespace) -> int | None:
     from nas.search import run_search
 
     run = RunFolder(args.runs_dir / args.name)
-    config = _resumed_config(run, args) if run.exists() else _new_config(args)
+    calibration = _calibration(args)
+    config = (
+        _resumed_config(run, args) if run.exists() else replace(_new_config(args), calibration=calibration)
+    )
     resume = f"nasfpn search --name {args.name}" + (
         f" --runs-dir {args.runs_dir}" if args.runs_dir != Path("runs") else ""
     )
@@ -415,6 +479,59 @@ def _search(args: argparse.Namespace) -> int | None:
         genotype = run.trial_dir(best.number) / "genotype.json"
         print(f"  nasfpn necks show {genotype} --png best.png    # the best cell, drawn")
         print(f"  nasfpn train --neck {genotype} --budget full    # the best cell, trained longer")
+
+
+def _calibration(args: argparse.Namespace) -> dict[str, str]:
+    """With ``--budget calibrated``: puts the budget ``--calibration`` chose into ``args.budget``
+    and returns what the config records of it; else {}."""
+    if args.budget != "calibrated":
+        if args.calibration is not None:
+            raise UsageError("--calibration is read with --budget calibrated only")
+        return {}
+    if args.calibration is None:
+        raise UsageError("--budget calibrated needs --calibration DIR (a nasfpn calibrate --out folder)")
+    from nas.calibrate import calibrated_budget
+
+    train, val = load_datasets(args)
+    splits = (Path(train.annotation_file), Path(val.annotation_file))
+    args.budget = calibrated_budget(args.calibration, proxy_settings(args), *splits)
+    return {"folder": str(args.calibration.resolve()), "budget": args.budget}
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    import torch
+
+    from nas.calibrate import check_budgets, run_calibration
+    from search_spaces import get_space
+
+    budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
+    check_budgets(budgets, args.reference)  # before the data is read or made
+    settings = proxy_settings(args)
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
+    workers = args.workers or _default_workers(args.cpus_per_trial, gpus)
+    try:
+        text = run_calibration(
+            load_datasets(args),
+            settings,
+            budgets,
+            args.reference,
+            args.seeds,
+            get_space(args.space),
+            args.random_points,
+            args.out,
+            (workers, args.cpus_per_trial, gpus),
+            args.cache_dir,
+            out=_progress,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"stopped; finished trainings are kept in {args.out}/jobs and stopped ones go on from their "
+            "last saved state. Resume with the same command.",
+            file=sys.stderr,
+        )
+        raise
+    print(text)
+    print(f"wrote {args.out}/calibration.md, calibration.csv, calibration.png, calibration.json")
 
 
 def _new_config(args: argparse.Namespace):

@@ -165,8 +165,8 @@ def claim_jobs_folder(out_dir: Path, settings: ProxySettings, train_json: Path, 
     """
     inputs = {
         **{f"settings.{key}": value for key, value in asdict(settings).items()},
-        "data.train": _digest(train_json),
-        "data.val": _digest(val_json),
+        "data.train": digest(train_json),
+        "data.val": digest(val_json),
     }
     path = out_dir / "jobs" / settings.budget / INPUTS_FILE
     if not path.is_file():
@@ -185,7 +185,8 @@ def claim_jobs_folder(out_dir: Path, settings: ProxySettings, train_json: Path, 
             )
 
 
-def _digest(path: Path) -> str:
+def digest(path: Path) -> str:
+    """A short digest of a file's bytes: which annotation file trainings were made on."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
@@ -254,8 +255,8 @@ def run_jobs(
             for entry, seed in pending
         )
         out(
-            f"compare: {total} of {len(items) * len(seeds)} trainings to run ({len(items)} necks x "
-            f"{len(seeds)} seeds), {workers} at a time"
+            f"budget {settings.budget}: {total} of {len(items) * len(seeds)} trainings to run "
+            f"({len(items)} necks x {len(seeds)} seeds), {workers} at a time"
             + (f"; {resumed} go on from their saved state" if resumed else "")
         )
         try:

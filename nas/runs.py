@@ -64,6 +64,7 @@ class SearchConfig:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     storage: str | None = None  # None: SQLite study.db in the run folder
+    calibration: dict[str, str] = field(default_factory=dict)  # folder, budget: --budget calibrated
 
     @property
     def proxy_settings(self) -> ProxySettings:

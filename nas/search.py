@@ -37,7 +37,7 @@ from nas.runs import (
     requeue_interrupted,
 )
 from nas.searcher import StudySearcher
-from nas.settings import BUDGETS
+from nas.settings import budget_of
 from search_spaces import get_space
 
 Print = Callable[[str], None]
@@ -109,7 +109,7 @@ def run_search(
         }
 
     baseline = [] if run.baseline_metrics() is not None else [_baseline_config(run, trial_config)]
-    budget = BUDGETS[settings.budget]
+    budget = budget_of(settings.budget)
     view = LiveView(study, config.trials, remaining, config.workers, out)
     searcher = StudySearcher(
         study,

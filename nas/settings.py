@@ -34,7 +34,18 @@ BUDGETS = {
     "quick": Budget(steps=30, evaluations=1, batch_size=8),
     "default": Budget(steps=500, evaluations=2),
     "full": Budget(steps=2000, evaluations=4),
+    "long": Budget(steps=8000, evaluations=4),  # calibration's reference (nas.calibrate)
 }
+
+
+def budget_of(name: str) -> Budget:
+    """A budget by its name in ``BUDGETS``, or by its steps ("300": 300 steps, batch 16, an
+    evaluation every ~250 steps, 1 to 4 of them). ValueError for anything else."""
+    if name in BUDGETS:
+        return BUDGETS[name]
+    if name.isdigit() and int(name) > 0:
+        return Budget(steps=int(name), evaluations=max(1, min(4, round(int(name) / 250))))
+    raise ValueError(f"budget {name!r}: neither a number of steps nor one of {', '.join(BUDGETS)}")
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from nas.necks import NeckSpec
 from nas.proxy_data import ProxyData
 from nas.resume import RESUME_FILE, SAVE_EVERY, ResumeFile
 from nas.schedule import shuffled_batches, warmup_cosine
-from nas.settings import BUDGETS, Budget, ProxySettings
+from nas.settings import Budget, ProxySettings, budget_of
 
 Report = Callable[[int, dict[str, float]], None]
 
@@ -57,7 +57,7 @@ def train_proxy(
     (and which it removes when done). ``report`` hears the last evaluation only after the files
     are written: a scheduler may stop the trial at any report.
     """
-    budget = BUDGETS[settings.budget]
+    budget = budget_of(settings.budget)
     torch.manual_seed(seed)
     model = build_proxy_model(neck, data, settings)
     resume = None
