@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from nas.settings import BUDGETS, budget_of
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -133,6 +135,7 @@ def test_train_bad_inputs_are_one_line_exit_2(tmp_path: Path) -> None:
         nasfpn("train", "--neck", "fpn", "--train-json", "a.json"),
         "--train-json, --val-json and --images together",
     )
+    _assert_one_line_error(nasfpn("train", "--neck", "fpn", "--budget", "0"), "budget '0'", "number of steps")
     _assert_one_line_error(
         nasfpn(
             "train",
@@ -146,3 +149,17 @@ def test_train_bad_inputs_are_one_line_exit_2(tmp_path: Path) -> None:
         "instances_train.json",
     )
     _assert_one_line_error(nasfpn("train", "--neck", "fpn", "--detector", "yolo"), "invalid choice")
+
+
+def test_a_budget_is_a_name_or_its_steps() -> None:
+    assert budget_of("default") == BUDGETS["default"] and budget_of("long").steps == 8000
+    # Evaluations every ~250 steps, 1 to 4: as the named budgets have them.
+    assert [(budget_of(n).steps, budget_of(n).evaluations) for n in ("30", "500", "1200", "9000")] == [
+        (30, 1),
+        (500, 2),
+        (1200, 4),
+        (9000, 4),
+    ]
+    for bad in ("0", "-5", "1e3", "soon"):
+        with pytest.raises(ValueError, match="neither a number of steps"):
+            budget_of(bad)
