@@ -21,8 +21,8 @@ long reference, a few necks at most on a CPU. ``--repeats NECK=K`` trains a neck
 (EfficientDet compared necks at similar cost; a short proxy budget favours shallow ones).
 
 Every finished training is appended to ``--results`` (JSON lines, keyed by the repeats, the data's
-version, the pretraining's version and steps, and the detector too) and skipped when the script
-runs again: an interrupted benchmark resumes where it stopped.
+version, the pretraining's version and steps, and the proxy's default settings) and skipped when
+the script runs again: an interrupted benchmark resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from scipy.stats import kendalltau, ttest_ind
@@ -54,7 +54,8 @@ VERSIONS = {
     "data": synth.VERSION,
     "pretrain": PRETRAIN_VERSION,
     "pretrain_steps": PRETRAIN_STEPS,
-    "detector": ProxySettings().detector,
+    # the default recipe (detector, learning rate, ...): records of another are not reused
+    "proxy": {k: v for k, v in asdict(ProxySettings()).items() if k not in ("budget", "freeze_backbone")},
 }
 
 
