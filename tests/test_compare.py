@@ -64,7 +64,8 @@ def test_compare_writes_every_file_with_every_row_filled(
     assert [r["found"] for r in rows] == ["True", "False", "False"]
     assert [r["repeats"] for r in rows] == ["1", "1", "3"]  # BiFPN as its paper repeats it
     for row in rows:
-        assert row["seeds"] == "2" and all(value != "" for value in row.values())
+        assert row["seeds"] == "2" and row["APs_mean"] == ""  # no box of the tiny data is small
+        assert all(value != "" for key, value in row.items() if key != "APs_mean")
         assert 0.0 <= float(row["AP_mean"]) <= 1.0 and int(row["params"]) > 0
     markdown = (out / "compare.md").read_text()
     assert markdown.count("| trial 0 (found) |") == 1 and "| bifpn |" in markdown
