@@ -203,13 +203,7 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
     calibrate.add_argument(
         "--out", type=Path, default=Path("runs/calibrate"), help="folder (default %(default)s)"
     )
-    calibrate.add_argument(
-        "--workers", type=_positive, help="trainings at a time (default: CPUs / cpus-per-trial)"
-    )
-    calibrate.add_argument("--cpus-per-trial", type=float, default=1.0)
-    calibrate.add_argument(
-        "--gpus-per-trial", type=float, help="GPU share of a training (default 1 with a GPU)"
-    )
+    _add_training_resources(calibrate)
     _add_data_options(calibrate)
     _add_proxy_options(calibrate, budget=None)
     calibrate.set_defaults(handler=_calibrate)
@@ -245,13 +239,7 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
     )
     compare.add_argument("--seeds", type=_positive, default=3, help="seeds 0..N-1 per neck (default 3)")
     compare.add_argument("--out", type=Path, help="output folder (default RUN/compare, or runs/compare)")
-    compare.add_argument(
-        "--workers", type=_positive, help="trainings at a time (default: CPUs / cpus-per-trial)"
-    )
-    compare.add_argument("--cpus-per-trial", type=float, default=1.0)
-    compare.add_argument(
-        "--gpus-per-trial", type=float, help="GPU share of a training (default 1 with a GPU)"
-    )
+    _add_training_resources(compare)
     _add_data_options(compare)
     _add_proxy_options(compare)
     compare.set_defaults(handler=_compare)
@@ -260,6 +248,23 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
     status.add_argument("run", type=Path, help="the run folder, e.g. runs/search")
     status.add_argument("--top", type=_positive, default=10, help="rows (default 10)")
     status.set_defaults(handler=_status)
+
+
+def _add_training_resources(parser: argparse.ArgumentParser) -> None:
+    """--workers, --cpus-per-trial, --gpus-per-trial of commands that train necks as Ray tasks."""
+    parser.add_argument(
+        "--workers", type=_positive, help="trainings at a time (default: CPUs / cpus-per-trial)"
+    )
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--gpus-per-trial", type=float, help="GPU share of a training (default 1 with a GPU)")
+
+
+def _training_resources(args: argparse.Namespace) -> tuple[int, float, float]:
+    """Trainings at a time, CPUs and GPUs of each, from ``_add_training_resources``' options."""
+    import torch
+
+    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
+    return args.workers or _default_workers(args.cpus_per_trial, gpus), args.cpus_per_trial, gpus
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -499,16 +504,12 @@ def _calibration(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    import torch
-
     from nas.calibrate import check_budgets, run_calibration
     from search_spaces import get_space
 
     budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
     check_budgets(budgets, args.reference)  # before the data is read or made
     settings = proxy_settings(args)
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
-    workers = args.workers or _default_workers(args.cpus_per_trial, gpus)
     try:
         text = run_calibration(
             load_datasets(args),
@@ -519,7 +520,7 @@ def _calibrate(args: argparse.Namespace) -> None:
             get_space(args.space),
             args.random_points,
             args.out,
-            (workers, args.cpus_per_trial, gpus),
+            _training_resources(args),
             args.cache_dir,
             out=_progress,
         )
@@ -674,7 +675,6 @@ def _same_as_saved(key: str, value, saved) -> bool:
 
 
 def _compare(args: argparse.Namespace) -> None:
-    import torch
 
     from nas.compare import (
         baseline_entry,
@@ -716,14 +716,12 @@ def _compare(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise UsageError(f"--repeats {e}") from None
     splits = load_splits(config) if args.run is not None else load_datasets(args)
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
     claim_jobs_folder(out_dir, settings, *(split.annotation_file for split in splits))
     data = prepare_proxy_data(*splits, settings, args.cache_dir)
     seeds = list(range(args.seeds))
-    workers = args.workers or _default_workers(args.cpus_per_trial, gpus)
     measure_costs(items, settings)
     try:
-        run_jobs(items, seeds, data, settings, out_dir, workers, args.cpus_per_trial, gpus, out=_progress)
+        run_jobs(items, seeds, data, settings, out_dir, *_training_resources(args), out=_progress)
     except KeyboardInterrupt:
         print(
             f"stopped; finished trainings are kept in {out_dir}/jobs and stopped ones go on from their "
