@@ -10,14 +10,13 @@ times (EfficientDet-D0: 64 channels, 3 repeats).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from nas.builder import OUTPUT_NAMES, Features, backbone_features
+from fixed_necks.stacked import StackedCells
 from nas.genotype import Genotype, Node
-from nas.ops import Resample, WeightedFusion, level_sizes, post_op
+from nas.ops import Resample, WeightedFusion, post_op
 
 # EfficientDet's node list: (level, inputs) with P3..P7 = 0..4 and new nodes numbered from 5.
 BIFPN_NODES = (
@@ -69,29 +68,13 @@ class BiFPNLayer(nn.Module):
         return [feats[i] for i in BIFPN_OUTPUTS]
 
 
-class BiFPN(nn.Module):
+class BiFPN(StackedCells):
     """C3..C5 -> OrderedDict P3..P7 of ``out_channels``, ``repeats`` BiFPN layers."""
 
     def __init__(
         self, in_channels: Sequence[int], out_channels: int = 64, repeats: int = 3, norm: str | None = "bn"
     ) -> None:
-        super().__init__()
-        self.out_channels = out_channels
-        self.p6 = Resample(in_channels[2], out_channels, 5, 6, norm=norm)
-        self.p7 = Resample(out_channels, out_channels, 6, 7, norm=norm)
-        widths = list(in_channels) + [out_channels] * 2
-        self.layers = nn.ModuleList(
-            BiFPNLayer(widths if r == 0 else [out_channels] * 5, out_channels, norm) for r in range(repeats)
-        )
-
-    def forward(self, features: Features) -> OrderedDict[str, Tensor]:
-        c3, c4, c5 = backbone_features(features)
-        sizes = level_sizes(c3, c4, c5)
-        p6 = self.p6(c5, sizes[6])
-        p = [c3, c4, c5, p6, self.p7(p6, sizes[7])]
-        for layer in self.layers:
-            p = layer(p, sizes)
-        return OrderedDict(zip(OUTPUT_NAMES, p))
+        super().__init__(BiFPNLayer, in_channels, out_channels, repeats, norm)
 
 
 def bifpn_genotype() -> Genotype:

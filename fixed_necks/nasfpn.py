@@ -11,14 +11,13 @@ P5 output, P7 into the P7 output). The cell is stacked ``repeats`` times (the pa
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from nas.builder import OUTPUT_NAMES, Features, backbone_features
+from fixed_necks.stacked import StackedCells
 from nas.genotype import Genotype, Node
-from nas.ops import Resample, global_attention, level_sizes, post_op
+from nas.ops import Resample, global_attention, post_op
 
 
 class MergingCells(nn.Module):
@@ -79,29 +78,13 @@ class MergingCells(nn.Module):
         return [p3_out, p4_out, p5_out, p6_out, p7_out]
 
 
-class NASFPN(nn.Module):
+class NASFPN(StackedCells):
     """C3..C5 -> OrderedDict P3..P7 of ``out_channels``, ``repeats`` stacked cells."""
 
     def __init__(
         self, in_channels: Sequence[int], out_channels: int = 256, repeats: int = 7, norm: str | None = "bn"
     ) -> None:
-        super().__init__()
-        self.out_channels = out_channels
-        self.p6 = Resample(in_channels[2], out_channels, 5, 6, norm=norm)
-        self.p7 = Resample(out_channels, out_channels, 6, 7, norm=norm)
-        widths = list(in_channels) + [out_channels] * 2
-        self.cells = nn.ModuleList(
-            MergingCells(widths if r == 0 else [out_channels] * 5, out_channels, norm) for r in range(repeats)
-        )
-
-    def forward(self, features: Features) -> OrderedDict[str, Tensor]:
-        c3, c4, c5 = backbone_features(features)
-        sizes = level_sizes(c3, c4, c5)
-        p6 = self.p6(c5, sizes[6])
-        p = [c3, c4, c5, p6, self.p7(p6, sizes[7])]
-        for cell in self.cells:
-            p = cell(p, sizes)
-        return OrderedDict(zip(OUTPUT_NAMES, p))
+        super().__init__(MergingCells, in_channels, out_channels, repeats, norm)
 
 
 # The published cell: (level, combine, inputs, is_output), P3..P7 = 0..4, new nodes from 5.
