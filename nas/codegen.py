@@ -26,9 +26,21 @@ from __future__ import annotations
 import ast
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nas.genotype import BACKBONE_INPUTS, LEVELS, NUM_INPUTS, Genotype, GenotypeError
+from nas.genotype import (
+    BACKBONE_INPUTS,
+    COMBINES,
+    DOWNSAMPLES,
+    LEVELS,
+    NUM_INPUTS,
+    POSTS,
+    UPSAMPLES,
+    Genotype,
+    GenotypeError,
+    Word,
+)
 
 SAFE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 MAX_WIDTH = 1 << 16
@@ -253,17 +265,15 @@ _POST_FACTORY = {
 }
 _CONV_DOWN_FACTORY = {"conv": "conv_down", "relu_conv": "relu_conv_down"}
 _POOL_FUNCTION = {"max": "maxpool", "subsample": "subsample"}
-_COMBINE_LABEL = {"sum": "sum", "attention": "attention", "weighted": "weighted"}
-_POST_LABEL = {
-    "none": "-",
-    "conv": "conv",
-    "relu_conv": "relu_conv",
-    "swish_sepconv": "swish_sepconv",
-    "aspp": "aspp",
-}
-_DOWN_LABEL = {"max": "max", "subsample": "subsample", "conv": "conv", "relu_conv": "relu_conv"}
-_UP_LABEL = {"nearest": "nearest"}
 _NORM_LABEL = {"bn": "BatchNorm", "gn": "GroupNorm", "none": "none"}
+
+
+def _known(vocabulary: Mapping[str, Word], name: str) -> str:
+    """``name`` when it is a word of ``vocabulary`` (``nas.genotype``); KeyError otherwise, so no
+    text but the vocabulary's own reaches the module."""
+    if name not in vocabulary:
+        raise KeyError(f"unknown op {name!r}")
+    return name
 
 
 # --- the graph as code ------------------------------------------------------------------------
@@ -494,10 +504,10 @@ def _table(genotype: Genotype) -> list[str]:
                 _int(index),
                 f"P{_int(node.level, 3, 7)}",
                 reads,
-                _COMBINE_LABEL[node.combine] if len(node.inputs) > 1 else "-",
-                _DOWN_LABEL[node.down] if any(level < node.level for level in levels) else "-",
-                _UP_LABEL[node.up] if any(level > node.level for level in levels) else "-",
-                _POST_LABEL[node.post],
+                _known(COMBINES, node.combine) if len(node.inputs) > 1 else "-",
+                _known(DOWNSAMPLES, node.down) if any(level < node.level for level in levels) else "-",
+                _known(UPSAMPLES, node.up) if any(level > node.level for level in levels) else "-",
+                _known(POSTS, node.post) if node.post != "none" else "-",
                 outputs.get(index, "-"),
             )
         )

@@ -21,8 +21,7 @@ import optuna
 from optuna.trial import TrialState
 
 from nas.cluster import SharedObject, ray_cluster
-from nas.controllers import make_controller
-from nas.controllers.rl import RLSampler
+from nas.controllers import Finishing, make_controller
 from nas.data.coco import CocoDetection
 from nas.live_view import LiveView
 from nas.necks import NeckSpec, resolve_neck
@@ -129,8 +128,8 @@ def run_search(
     )
     _tune(config, run, searcher, data, remaining + len(baseline), budget.evaluations, address)
     requeue_interrupted(study)  # trials still running were stopped: the next resume reruns them
-    if isinstance(study.sampler, RLSampler):
-        study.sampler.learn(study)  # from the last batch too, so the saved state is up to date
+    if isinstance(study.sampler, Finishing):
+        study.sampler.finish(study)
     done = count_done(study)
     return SearchOutcome(done, _failed(study), done >= config.trials, round(time.perf_counter() - start, 1))
 
