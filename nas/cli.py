@@ -361,8 +361,8 @@ def load_datasets(args: argparse.Namespace) -> tuple[CocoDetection, CocoDetectio
 
 def _necks_list(args: argparse.Namespace) -> None:
     from fixed_necks import FIXED_NECKS
-    from nas.necks import resolve_neck
-    from nas.profile import backbone_with_widths, profile_neck
+    from nas.proxy.necks import resolve_neck
+    from nas.proxy.profile import backbone_with_widths, profile_neck
 
     widths = ",".join(map(str, args.in_channels))
     print(
@@ -382,9 +382,9 @@ def _necks_list(args: argparse.Namespace) -> None:
 
 
 def _necks_show(args: argparse.Namespace) -> None:
-    from nas.draw import draw_genotype, node_table
-    from nas.necks import resolve_neck
-    from nas.profile import profile_neck
+    from nas.inspect.draw import draw_genotype, node_table
+    from nas.proxy.necks import resolve_neck
+    from nas.proxy.profile import profile_neck
 
     spec = resolve_neck(args.neck)
     genotype = spec.genotype
@@ -423,10 +423,10 @@ def _data_synth(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from nas.evaluate import METRICS
-    from nas.necks import resolve_neck
-    from nas.proxy_data import prepare_proxy_data
-    from nas.train import roi_mode, train_proxy
+    from nas.proxy.evaluate import METRICS
+    from nas.proxy.necks import resolve_neck
+    from nas.proxy.prepare import prepare_proxy_data
+    from nas.proxy.train import roi_mode, train_proxy
 
     neck = resolve_neck(args.neck)  # first: a bad genotype fails before any data work
     settings = proxy_settings(args)
@@ -456,9 +456,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> int | None:
-    from nas.leaderboard import best_trial, leaderboard
-    from nas.runs import RunFolder
-    from nas.search import run_search
+    from nas.inspect.leaderboard import best_trial, leaderboard
+    from nas.search.driver import run_search
+    from nas.search.runs import RunFolder
 
     run = RunFolder(args.runs_dir / args.name)
     calibration = _calibration(args)
@@ -495,7 +495,7 @@ def _calibration(args: argparse.Namespace) -> dict[str, str]:
         return {}
     if args.calibration is None:
         raise UsageError("--budget calibrated needs --calibration DIR (a nasfpn calibrate --out folder)")
-    from nas.calibrate import calibrated_budget
+    from nas.search.calibrate import calibrated_budget
 
     train, val = load_datasets(args)
     splits = (Path(train.annotation_file), Path(val.annotation_file))
@@ -504,7 +504,7 @@ def _calibration(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from nas.calibrate import check_budgets, run_calibration
+    from nas.search.calibrate import check_budgets, run_calibration
     from search_spaces import get_space
 
     budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
@@ -538,8 +538,8 @@ def _calibrate(args: argparse.Namespace) -> None:
 def _new_config(args: argparse.Namespace):
     import torch
 
-    from nas.objectives import Objective
-    from nas.runs import COST_IMAGE_SIZE, SearchConfig
+    from nas.search.objectives import Objective
+    from nas.search.runs import COST_IMAGE_SIZE, SearchConfig
     from search_spaces import get_space
 
     space_name = args.space or "nasfpn"
@@ -559,14 +559,14 @@ def _new_config(args: argparse.Namespace):
         raise UsageError(str(e)) from None
     settings = proxy_settings(args)
     if objective.needs_target():
-        from nas.necks import resolve_neck
-        from nas.trial import neck_costs
+        from nas.proxy.necks import resolve_neck
+        from nas.search.trial import neck_costs
 
         fpn_costs = neck_costs(resolve_neck("fpn"), settings, COST_IMAGE_SIZE)
         objective = replace(objective, target=float(fpn_costs[objective.cost_key]))
     seed_with = tuple(n.strip() for n in args.seed_with.split(",") if n.strip()) if args.seed_with else ()
     for name in seed_with:
-        from nas.necks import resolve_neck
+        from nas.proxy.necks import resolve_neck
 
         genotype = resolve_neck(name).genotype
         if genotype is None:
@@ -676,7 +676,8 @@ def _same_as_saved(key: str, value, saved) -> bool:
 
 def _compare(args: argparse.Namespace) -> None:
 
-    from nas.compare import (
+    from nas.proxy.prepare import prepare_proxy_data
+    from nas.search.compare import (
         baseline_entry,
         claim_jobs_folder,
         entries,
@@ -686,9 +687,8 @@ def _compare(args: argparse.Namespace) -> None:
         set_repeats,
         write_results,
     )
-    from nas.proxy_data import prepare_proxy_data
-    from nas.runs import RunFolder
-    from nas.search import load_splits
+    from nas.search.driver import load_splits
+    from nas.search.runs import RunFolder
 
     baselines = [n.strip() for n in args.baselines.split(",") if n.strip()]
     if args.run is not None:
@@ -734,7 +734,7 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
-    from nas.leaderboard import leaderboard
+    from nas.inspect.leaderboard import leaderboard
 
     print(leaderboard(_inspected_run(args.run), args.top))
 
@@ -767,7 +767,7 @@ def _port(text: str) -> int:
 
 def _inspected_run(path: Path):
     """The run folder at ``path`` with a study to read, or a UsageError."""
-    from nas.runs import RunFolder
+    from nas.search.runs import RunFolder
 
     run = RunFolder.existing(path)
     try:
@@ -780,7 +780,7 @@ def _inspected_run(path: Path):
 
 
 def _dashboard(args: argparse.Namespace) -> None:
-    from nas.dashboard import serve
+    from nas.inspect.dashboard import serve
 
     run = _inspected_run(args.run)
     try:
@@ -790,7 +790,7 @@ def _dashboard(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from nas.report import write_report
+    from nas.inspect.report import write_report
 
     run = _inspected_run(args.run)
     index = write_report(run, out=args.out, top=args.top)
@@ -823,7 +823,7 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from nas.export import export_command
+    from nas.export.bundle import export_command
 
     print(
         export_command(

@@ -11,7 +11,7 @@ A node resamples each input to its level (1x1 conv where widths differ; ``up`` t
 finer level, ``down`` to a coarser one), combines them (``combine``), optionally adds every
 earlier same-level entry that no node consumed (NAS-FPN's rule for output nodes,
 ``absorb_unconsumed``) and applies ``post``. Width, repeats and normalisation are build
-arguments (see ``nas.builder``), never part of the graph: with ``repeats > 1`` the cell's
+arguments (see ``nas.nets.builder``), never part of the graph: with ``repeats > 1`` the cell's
 outputs P3..P7 become the next repeat's pool entries 0..4.
 
 JSON form::
@@ -41,10 +41,11 @@ BACKBONE_INPUTS = 3  # entries 0..2 come from the backbone (C3..C5)
 class Word:
     """One word of the genotype's vocabulary: what it does, and how it is shown.
 
-    ``symbol`` is written in a drawn node's box (``nas.draw``), ``short`` in a one-line text of
-    the genotype (search-space labels, leaderboards); "" shows nothing. Every module that
-    implements or shows a word (``nas.ops``, ``nas.codegen``, ``nas.draw``, ``search_spaces``)
-    keys into these tables, and ``tests/test_vocabulary.py`` fails when one misses a word.
+    ``symbol`` is written in a drawn node's box (``nas.inspect.draw``), ``short`` in a one-line
+    text of the genotype (search-space labels, leaderboards); "" shows nothing. Every module that
+    implements or shows a word (``nas.nets.ops``, ``nas.export.codegen``, ``nas.inspect.draw``,
+    ``search_spaces``) keys into these tables; ``tests/test_vocabulary.py`` fails when one misses
+    a word.
     """
 
     meaning: str

@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 from fixed_necks import get_fixed_neck
 from nas.cli import main
 from nas.genotype import Genotype
-from nas.runs import RunFolder, SearchConfig, count_done
-from nas.search import run_search
+from nas.search.driver import run_search
+from nas.search.runs import RunFolder, SearchConfig, count_done
 from nas.settings import ProxySettings
 
 

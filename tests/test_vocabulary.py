@@ -1,16 +1,22 @@
 """Every word of the genotype's vocabulary (``nas.genotype``: combines, resamplings, post ops)
 is implemented, exported, drawn and spelt wherever a genotype goes: a word added to a table and
-missed in one of those places fails here."""
+missed in one of those places fails here; and every name of the proxy's and the search's other
+vocabularies (``nas.settings``: detectors, RoI modes; the controllers) has its one builder."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from nas.builder import GenotypeNeck
-from nas.codegen import BuildSettings, Facts, generate
-from nas.draw import node_table
+from nas.controllers import CONTROLLERS
+from nas.export.codegen import BuildSettings, Facts, generate
 from nas.genotype import COMBINES, CONV_DOWNSAMPLES, DOWNSAMPLES, POSTS, UPSAMPLES, Genotype, Node
+from nas.inspect.draw import node_table
+from nas.nets.builder import GenotypeNeck
+from nas.proxy.detector import DETECTOR_BUILDERS
+from nas.proxy.roi import ROI_POOLINGS
+from nas.search.objectives import MULTI_OBJECTIVE_CONTROLLERS
+from nas.settings import DETECTORS, ROI_MODES
 from search_spaces import get_space
 
 IN_CHANNELS = (8, 12, 16)
@@ -61,3 +67,10 @@ def test_the_tables_say_what_each_word_is() -> None:
             assert word.symbol or name == "none", name
             assert word.short or name == "none", name
     assert set(CONV_DOWNSAMPLES) <= set(DOWNSAMPLES)
+
+
+def test_every_detector_and_roi_mode_has_its_one_builder() -> None:
+    assert set(DETECTOR_BUILDERS) == set(DETECTORS)
+    assert set(ROI_POOLINGS) == set(ROI_MODES)
+    assert set(CONTROLLERS) == {"rl", "evolution", "random", "tpe"}
+    assert set(MULTI_OBJECTIVE_CONTROLLERS) == {n for n, c in CONTROLLERS.items() if c.multi_objective}

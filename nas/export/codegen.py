@@ -1,6 +1,6 @@
 """The code generator: a genotype and its build settings -> the source of a standalone neck module.
 
-The generated ``neck.py`` imports only torch. Its ``Neck`` computes what ``nas.builder``'s
+The generated ``neck.py`` imports only torch. Its ``Neck`` computes what ``nas.nets.builder``'s
 ``GenotypeNeck`` computes, op for op and in the same order (so outputs are equal, not just
 close), and registers its weights under the builder's names, so either module loads the
 other's ``state_dict``. Its ``forward`` methods hold one statement per node.
@@ -63,7 +63,7 @@ def _int(value: object, low: int = 0, high: int = MAX_WIDTH) -> str:
 
 @dataclass(frozen=True)
 class BuildSettings:
-    """What ``nas.builder.GenotypeNeck`` is built with besides the genotype."""
+    """What ``nas.nets.builder.GenotypeNeck`` is built with besides the genotype."""
 
     in_channels: tuple[int, int, int]
     channels: int
@@ -636,7 +636,7 @@ def _docstring(genotype: Genotype, build: BuildSettings, facts: Facts) -> list[s
             if facts.has_weights
             else ["Weights: none were exported with this file (no trained checkpoint)."]
         ),
-        "The parameter names are those of nasfpn's builder (``nas.builder.GenotypeNeck``): either",
+        "The parameter names are those of nasfpn's builder (``nas.nets.builder.GenotypeNeck``): either",
         "module loads the other's state_dict as it is.",
         "",
         "Usage, in torchvision's RetinaNet (run it in this folder)::",
