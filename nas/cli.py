@@ -73,6 +73,18 @@ def parse_repeats(text: str) -> dict[str, int]:
     return repeats
 
 
+def parse_space_options(text: str) -> dict[str, int | str | None]:
+    """``NAME=VALUE,...`` -> {NAME: VALUE}: an integer where VALUE is one, None for ``none``,
+    else the text; the space checks names and values (``search_spaces.get_space``)."""
+    options: dict[str, int | str | None] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not name or not value:
+            raise argparse.ArgumentTypeError(f"{item!r}: give NAME=VALUE, e.g. cells=9")
+        options[name] = int(value) if value.lstrip("-").isdigit() else None if value == "none" else value
+    return options
+
+
 def _add_size_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=_positive, default=512, help="square input image side (default 512)"
@@ -153,7 +165,12 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--name", default="search", help="run name: the folder runs/NAME (default 'search')")
     search.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live")
     search.add_argument("--space", choices=list(SPACES), help="search space (default nasfpn)")
-    search.add_argument("--cells", type=_at_least(5), help="merging cells of the nasfpn space (default 7)")
+    search.add_argument(
+        "--space-options",
+        type=parse_space_options,
+        metavar="NAME=VALUE,...",
+        help="the space's own options: nasfpn cells=7, fusion max_nodes=16; either repeats=1, norm=bn",
+    )
     search.add_argument("--controller", choices=CONTROLLERS, help="controller (default rl)")
     search.add_argument(
         "--trials", type=_positive, help="trials in the study, counting done ones (default 20)"
@@ -543,11 +560,7 @@ def _new_config(args: argparse.Namespace):
     from search_spaces import get_space
 
     space_name = args.space or "nasfpn"
-    options = {}
-    if args.cells is not None:
-        if space_name != "nasfpn":
-            raise UsageError(f"--cells applies to the nasfpn space, not {space_name}")
-        options["cells"] = args.cells
+    options = args.space_options or {}
     try:
         space = get_space(space_name, **options)
     except ValueError as e:
@@ -625,7 +638,7 @@ def _resumed_config(run, args: argparse.Namespace):
         raise UsageError(str(e)) from None
     asked = {
         "space": args.space,
-        "cells": args.cells,
+        "space-options": args.space_options,
         "controller": args.controller,
         "seed": args.seed,
         "objective": args.objective,
@@ -662,7 +675,7 @@ def _resumed_config(run, args: argparse.Namespace):
 def _same_as_saved(key: str, value, saved) -> bool:
     current = {
         "space": saved.space,
-        "cells": saved.space_options.get("cells"),
+        "space-options": saved.space_options,
         "controller": saved.controller,
         "seed": saved.seed,
         "objective": "ap" if not saved.objective.get("cost") else f"ap,{saved.objective['cost']}",
