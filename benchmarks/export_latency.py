@@ -3,8 +3,8 @@
 What it measures: for each neck, the wall-clock time of one forward pass (eval mode,
 ``torch.inference_mode``) of
 
-- ``nas.builder.GenotypeNeck`` (what search, training and compare run), and
-- the ``Neck`` of the ``neck.py`` that ``nasfpn export`` writes for it (``nas.codegen``),
+- ``nas.nets.builder.GenotypeNeck`` (what search, training and compare run), and
+- the ``Neck`` of the ``neck.py`` that ``nasfpn export`` writes for it (``nas.export.codegen``),
 
 with the same weights (the builder's state_dict loaded into the exported module; the outputs
 are checked to be equal before timing). Target: exported <= 1.0 x builder.
@@ -49,9 +49,9 @@ import torch
 from torch import Tensor, nn
 
 from fixed_necks import FIXED_NECKS
-from nas.builder import GenotypeNeck
-from nas.codegen import BuildSettings, Facts, generate
+from nas.export.codegen import BuildSettings, Facts, generate
 from nas.genotype import Genotype
+from nas.nets.builder import GenotypeNeck
 from search_spaces import get_space
 
 TARGET = 1.0
@@ -186,7 +186,8 @@ def main() -> None:
             gc.enable()
 
     print(
-        f"exported neck.py vs nas.builder.GenotypeNeck: CPU, {args.threads} thread(s), eval, inference_mode; "
+        f"exported neck.py vs nas.nets.builder.GenotypeNeck: CPU, {args.threads} thread(s), eval, "
+        "inference_mode; "
         f"{args.image}x{args.image} image, C3..C5 widths {RESNET50}, {args.channels} channels; "
         f"median of {args.rounds} interleaved rounds; torch {torch.__version__}"
     )

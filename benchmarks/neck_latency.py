@@ -61,7 +61,7 @@ import torch
 from torch import Tensor, nn
 
 from fixed_necks import FIXED_NECKS
-from nas.backbone import BackboneWithNeck, resnet_body
+from nas.nets.backbone import BackboneWithNeck, resnet_body
 
 BUILT_TARGET = 1.10  # genotype-built <= 1.10 x hand-written
 REFERENCE_TARGETS = {"fpn": 1.05, "fpn_maxpool": 1.05, "bifpn": 1.00}  # ours <= target x reference

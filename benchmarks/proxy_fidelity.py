@@ -35,16 +35,16 @@ from pathlib import Path
 
 from scipy.stats import kendalltau, ttest_ind
 
-from nas.backbone import backbone_widths
 from nas.cli import parse_repeats
 from nas.data import synth
 from nas.data.coco import CocoDetection
-from nas.necks import resolve_neck
-from nas.pretrain import PRETRAIN_STEPS
-from nas.profile import profile_neck
-from nas.proxy_data import PRETRAIN_VERSION, prepare_proxy_data
+from nas.nets.backbone import backbone_widths
+from nas.proxy.necks import resolve_neck
+from nas.proxy.prepare import PRETRAIN_VERSION, prepare_proxy_data
+from nas.proxy.pretrain import PRETRAIN_STEPS
+from nas.proxy.profile import profile_neck
+from nas.proxy.train import train_proxy
 from nas.settings import ProxySettings
-from nas.train import train_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 

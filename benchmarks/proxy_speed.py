@@ -34,17 +34,18 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from nas.backbone import backbone_widths, resnet_body
 from nas.data.coco import CocoDetection
 from nas.data.synth import synthesize
-from nas.detector import anchor_sizes
-from nas.evaluate import coco_ap
-from nas.losses import retinanet_loss
-from nas.necks import resolve_neck
-from nas.proxy_data import ProxyData, prepare_proxy_data
-from nas.schedule import shuffled_batches, warmup_cosine
+from nas.nets.backbone import backbone_widths, resnet_body
+from nas.proxy.data import ProxyData
+from nas.proxy.detector import anchor_sizes
+from nas.proxy.evaluate import coco_ap
+from nas.proxy.losses import retinanet_loss
+from nas.proxy.necks import resolve_neck
+from nas.proxy.prepare import prepare_proxy_data
+from nas.proxy.schedule import shuffled_batches, warmup_cosine
+from nas.proxy.train import build_proxy_model, coco_results, train_proxy
 from nas.settings import Budget, ProxySettings, budget_of
-from nas.train import build_proxy_model, coco_results, train_proxy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +108,7 @@ def stock_ap(model: RetinaNet, data: ProxyData) -> float:
 
 def proxy_steps(data: ProxyData, settings: ProxySettings, steps: int, seed: int) -> float:
     """Seconds per step of the proxy's own loop (neck + heads on cached features)."""
-    from nas.train import fit
+    from nas.proxy.train import fit
 
     model = build_proxy_model(resolve_neck("fpn"), data, settings)
     budget = Budget(steps, evaluations=0, batch_size=budget_of(settings.budget).batch_size)

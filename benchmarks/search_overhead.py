@@ -32,13 +32,13 @@ from nas.cli import DEFAULT_DATA
 from nas.data.coco import CocoDetection
 from nas.data.synth import synthesize
 from nas.genotype import Genotype
-from nas.necks import NeckSpec, resolve_neck
-from nas.proxy_data import prepare_proxy_data
-from nas.runs import COST_IMAGE_SIZE, RunFolder, SearchConfig
-from nas.search import run_search
+from nas.proxy.necks import NeckSpec, resolve_neck
+from nas.proxy.prepare import prepare_proxy_data
+from nas.proxy.train import train_proxy
+from nas.search.driver import run_search
+from nas.search.runs import COST_IMAGE_SIZE, RunFolder, SearchConfig
+from nas.search.trial import neck_costs
 from nas.settings import ProxySettings
-from nas.train import train_proxy
-from nas.trial import neck_costs
 from search_spaces import get_space
 
 

@@ -25,8 +25,8 @@ from fixed_necks.fpn import FPN, fpn_genotype
 from fixed_necks.nasfpn import NASFPN, nasfpn_genotype
 from fixed_necks.panet import PANet, panet_genotype
 from fixed_necks.rfp import RFP
-from nas.builder import GenotypeNeck
 from nas.genotype import Genotype
+from nas.nets.builder import GenotypeNeck
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class FixedNeck:
     """A hand-designed neck: its paper, hand-written module, genotype twin (or None) and settings.
 
     ``roi``: the RoI pooling of the paper's two-stage detector when it is not FPN's
-    (``nas.roi.ROI_MODES``; AugFPN's ``soft``); None for FPN's.
+    (``nas.proxy.roi.ROI_MODES``; AugFPN's ``soft``); None for FPN's.
     """
 
     name: str

@@ -13,10 +13,10 @@ additions; two of them concern the neck:
 - Consistent Supervision: in training, the lateral maps M3..M5 -- before any top-down fusion --
   are scored by the detector's own head as well, and their loss, weighted by ``auxiliary_weight``
   (the paper's lambda), is added to the detector's. ``with_laterals`` gives them;
-  ``nas.detector.ProxyDetector`` adds the ``aux_*`` losses. In eval mode none of it runs.
+  ``nas.proxy.detector.ProxyDetector`` adds the ``aux_*`` losses. In eval mode none of it runs.
   lambda = 0.25: the paper's Eq. 1 weighs the auxiliary loss by lambda; its authors' released
   code scales each lateral level's auxiliary loss by 0.25.
-- Soft RoI Selection is RoI pooling, not neck: ``nas.roi``. The registry gives AugFPN
+- Soft RoI Selection is RoI pooling, not neck: ``nas.proxy.roi``. The registry gives AugFPN
   ``roi="soft"``, so in the two-stage proxy it trains with it unless ``--roi`` says otherwise.
 """
 
@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fixed_necks.fpn import FPN
-from nas.builder import OUTPUT_NAMES, Features, backbone_features
-from nas.ops import conv_norm
+from nas.nets.builder import OUTPUT_NAMES, Features, backbone_features
+from nas.nets.ops import conv_norm
 
 RATIOS = (0.1, 0.2, 0.3)  # the pooled sizes, as fractions of C5's
 AUXILIARY_WEIGHT = 0.25

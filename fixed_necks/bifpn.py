@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from fixed_necks.stacked import StackedCells
 from nas.genotype import Genotype, Node
-from nas.ops import Resample, WeightedFusion, post_op
+from nas.nets.ops import Resample, WeightedFusion, post_op
 
 # EfficientDet's node list: (level, inputs) with P3..P7 = 0..4 and new nodes numbered from 5.
 BIFPN_NODES = (

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nas.builder import OUTPUT_NAMES, Features, backbone_features
 from nas.genotype import Genotype, Node
-from nas.ops import conv_norm
+from nas.nets.builder import OUTPUT_NAMES, Features, backbone_features
+from nas.nets.ops import conv_norm
 
 EXTRA_LEVELS = ("p6p7", "maxpool")
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from fixed_necks.stacked import StackedCells
 from nas.genotype import Genotype, Node
-from nas.ops import Resample, global_attention, post_op
+from nas.nets.ops import Resample, global_attention, post_op
 
 
 class MergingCells(nn.Module):

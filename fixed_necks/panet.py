@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from fixed_necks.fpn import FPN, fpn_genotype
-from nas.builder import OUTPUT_NAMES, Features
 from nas.genotype import Genotype, Node
-from nas.ops import conv_norm
+from nas.nets.builder import OUTPUT_NAMES, Features
+from nas.nets.ops import conv_norm
 
 
 class BottomUpStep(nn.Module):

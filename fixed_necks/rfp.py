@@ -6,14 +6,14 @@ looks at the image twice. Unrolled over T steps (the paper's T = 2):
 
 - step 1 is body + FPN as usual;
 - at step t > 1, pyramid level P_l of step t-1 goes through the connecting module -- DetectoRS'
-  ASPP (``nas.ops.ASPP``: 1x1, 3x3 dilation 3, 3x3 dilation 6 and global-pooling branches, a
+  ASPP (``nas.nets.ops.ASPP``: 1x1, 3x3 dilation 3, 3x3 dilation 6 and global-pooling branches, a
   quarter of the width each, concatenated; the width is kept) -- and a 1x1 conv to the stage's
   width, and is added to the first block of the stage whose output is C_l, to the block's
   residual sum before its last ReLU (the paper's Fig. 5); the body and the FPN then run again;
 - the paper's fusion module merges the steps: a 1x1 conv over both pyramids' levels and a
   sigmoid give a spatial gate g (N, 1, H, W), and P_l = g * P_l(t) + (1 - g) * P_l(t-1).
 
-On torchvision's ResNets (``nas.backbone.resnet_body``: layer2..layer4 give C3..C5) P3, P4, P5
+On torchvision's ResNets (``nas.nets.backbone.resnet_body``: layer2..layer4 give C3..C5) P3, P4, P5
 feed back into layer2, layer3, layer4; layer1 receives nothing, as the proxy's pyramid has no
 P2, so the stem and layer1 compute the same at every step and run once.
 
@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from fixed_necks.fpn import FPN
-from nas.backbone import CONTEXT
-from nas.ops import ASPP
+from nas.nets.backbone import CONTEXT
+from nas.nets.ops import ASPP
 
 STAGES = ("layer2", "layer3", "layer4")  # the ResNet stages whose outputs are C3, C4, C5
 
@@ -49,7 +49,7 @@ class RFP(nn.Module):
     Args:
         in_channels: widths of the body's C3, C4, C5.
         out_channels: width of the pyramid.
-        body: ``nas.backbone.resnet_body(...)``, a ResNet cut after layer4 (BasicBlock or
+        body: ``nas.nets.backbone.resnet_body(...)``, a ResNet cut after layer4 (BasicBlock or
             Bottleneck stages ``layer1``..``layer4`` after the stem).
         steps: T, how many times body and FPN run (1 is a plain FPN).
         norm: norm after the FPN's and ASPP's convs (``bn``, ``gn``, ``none``/None).
@@ -128,7 +128,7 @@ class RFP(nn.Module):
             for block in rest:
                 x = block(x)
             features.append(x)
-        if CONTEXT in self.body:  # the body's global context block (nas.backbone) makes its C5
+        if CONTEXT in self.body:  # the body's global context block (nas.nets.backbone) makes its C5
             features[-1] = self.body[CONTEXT](features[-1])
         return features
 
@@ -159,5 +159,5 @@ def check_resnet_body(body: nn.Module) -> None:
     ):
         raise ValueError(
             "RFP feeds back into a torchvision ResNet body ending in layer2..layer4 of BasicBlock or "
-            f"Bottleneck blocks (nas.backbone.resnet_body), got {type(body).__name__}"
+            f"Bottleneck blocks (nas.nets.backbone.resnet_body), got {type(body).__name__}"
         )

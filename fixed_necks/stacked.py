@@ -1,7 +1,7 @@
 """The frame BiFPN and NAS-FPN share: P6 and P7 made from C5, then one cell stacked ``repeats``
 times -- as torchvision's ``ExtraFPNBlock`` is the one part for FPN's extra levels.
 
-P6 = max-pool(norm(1x1 conv(C5))), P7 = max-pool(P6) (``nas.ops.Resample``). A cell maps the five
+P6 = max-pool(norm(1x1 conv(C5))), P7 = max-pool(P6) (``nas.nets.ops.Resample``). A cell maps the five
 maps P3..P7 to five new ones; the first reads C3..C5's widths, every later one ``out_channels``.
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
-from nas.builder import OUTPUT_NAMES, Features, backbone_features
-from nas.ops import Resample, level_sizes
+from nas.nets.builder import OUTPUT_NAMES, Features, backbone_features
+from nas.nets.ops import Resample, level_sizes
 
 # widths of P3..P7, channels, norm -> a module: (P3..P7, {level: [h, w]}) -> P3..P7
 CellFactory = Callable[[Sequence[int], int, "str | None"], nn.Module]

@@ -13,7 +13,7 @@ def __getattr__(name: str) -> Any:
     # The builder imports torch, which commands that only read a study (status, report,
     # dashboard) should not wait for: it is imported when first asked for.
     if name in ("GenotypeNeck", "build_neck"):
-        from nas import builder
+        from nas.nets import builder
 
         return getattr(builder, name)
     raise AttributeError(f"module 'nas' has no attribute {name!r}")

@@ -73,6 +73,18 @@ def parse_repeats(text: str) -> dict[str, int]:
     return repeats
 
 
+def parse_space_options(text: str) -> dict[str, int | str | None]:
+    """``NAME=VALUE,...`` -> {NAME: VALUE}: an integer where VALUE is one, None for ``none``,
+    else the text; the space checks names and values (``search_spaces.get_space``)."""
+    options: dict[str, int | str | None] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not name or not value:
+            raise argparse.ArgumentTypeError(f"{item!r}: give NAME=VALUE, e.g. cells=9")
+        options[name] = int(value) if value.lstrip("-").isdigit() else None if value == "none" else value
+    return options
+
+
 def _add_size_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-size", type=_positive, default=512, help="square input image side (default 512)"
@@ -153,7 +165,12 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
     search.add_argument("--name", default="search", help="run name: the folder runs/NAME (default 'search')")
     search.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where run folders live")
     search.add_argument("--space", choices=list(SPACES), help="search space (default nasfpn)")
-    search.add_argument("--cells", type=_at_least(5), help="merging cells of the nasfpn space (default 7)")
+    search.add_argument(
+        "--space-options",
+        type=parse_space_options,
+        metavar="NAME=VALUE,...",
+        help="the space's own options: nasfpn cells=7, fusion max_nodes=16; either repeats=1, norm=bn",
+    )
     search.add_argument("--controller", choices=CONTROLLERS, help="controller (default rl)")
     search.add_argument(
         "--trials", type=_positive, help="trials in the study, counting done ones (default 20)"
@@ -361,8 +378,8 @@ def load_datasets(args: argparse.Namespace) -> tuple[CocoDetection, CocoDetectio
 
 def _necks_list(args: argparse.Namespace) -> None:
     from fixed_necks import FIXED_NECKS
-    from nas.necks import resolve_neck
-    from nas.profile import backbone_with_widths, profile_neck
+    from nas.proxy.necks import resolve_neck
+    from nas.proxy.profile import backbone_with_widths, profile_neck
 
     widths = ",".join(map(str, args.in_channels))
     print(
@@ -382,9 +399,9 @@ def _necks_list(args: argparse.Namespace) -> None:
 
 
 def _necks_show(args: argparse.Namespace) -> None:
-    from nas.draw import draw_genotype, node_table
-    from nas.necks import resolve_neck
-    from nas.profile import profile_neck
+    from nas.inspect.draw import draw_genotype, node_table
+    from nas.proxy.necks import resolve_neck
+    from nas.proxy.profile import profile_neck
 
     spec = resolve_neck(args.neck)
     genotype = spec.genotype
@@ -423,10 +440,10 @@ def _data_synth(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from nas.evaluate import METRICS
-    from nas.necks import resolve_neck
-    from nas.proxy_data import prepare_proxy_data
-    from nas.train import roi_mode, train_proxy
+    from nas.proxy.evaluate import METRICS
+    from nas.proxy.necks import resolve_neck
+    from nas.proxy.prepare import prepare_proxy_data
+    from nas.proxy.train import roi_mode, train_proxy
 
     neck = resolve_neck(args.neck)  # first: a bad genotype fails before any data work
     settings = proxy_settings(args)
@@ -456,9 +473,9 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> int | None:
-    from nas.leaderboard import best_trial, leaderboard
-    from nas.runs import RunFolder
-    from nas.search import run_search
+    from nas.inspect.leaderboard import best_trial, leaderboard
+    from nas.search.driver import run_search
+    from nas.search.runs import RunFolder
 
     run = RunFolder(args.runs_dir / args.name)
     calibration = _calibration(args)
@@ -495,7 +512,7 @@ def _calibration(args: argparse.Namespace) -> dict[str, str]:
         return {}
     if args.calibration is None:
         raise UsageError("--budget calibrated needs --calibration DIR (a nasfpn calibrate --out folder)")
-    from nas.calibrate import calibrated_budget
+    from nas.search.calibrate import calibrated_budget
 
     train, val = load_datasets(args)
     splits = (Path(train.annotation_file), Path(val.annotation_file))
@@ -504,7 +521,7 @@ def _calibration(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _calibrate(args: argparse.Namespace) -> None:
-    from nas.calibrate import check_budgets, run_calibration
+    from nas.search.calibrate import check_budgets, run_calibration
     from search_spaces import get_space
 
     budgets = [b.strip() for b in args.budgets.split(",") if b.strip()]
@@ -538,16 +555,12 @@ def _calibrate(args: argparse.Namespace) -> None:
 def _new_config(args: argparse.Namespace):
     import torch
 
-    from nas.objectives import Objective
-    from nas.runs import COST_IMAGE_SIZE, SearchConfig
+    from nas.search.objectives import Objective
+    from nas.search.runs import COST_IMAGE_SIZE, SearchConfig
     from search_spaces import get_space
 
     space_name = args.space or "nasfpn"
-    options = {}
-    if args.cells is not None:
-        if space_name != "nasfpn":
-            raise UsageError(f"--cells applies to the nasfpn space, not {space_name}")
-        options["cells"] = args.cells
+    options = args.space_options or {}
     try:
         space = get_space(space_name, **options)
     except ValueError as e:
@@ -559,14 +572,14 @@ def _new_config(args: argparse.Namespace):
         raise UsageError(str(e)) from None
     settings = proxy_settings(args)
     if objective.needs_target():
-        from nas.necks import resolve_neck
-        from nas.trial import neck_costs
+        from nas.proxy.necks import resolve_neck
+        from nas.search.trial import neck_costs
 
         fpn_costs = neck_costs(resolve_neck("fpn"), settings, COST_IMAGE_SIZE)
         objective = replace(objective, target=float(fpn_costs[objective.cost_key]))
     seed_with = tuple(n.strip() for n in args.seed_with.split(",") if n.strip()) if args.seed_with else ()
     for name in seed_with:
-        from nas.necks import resolve_neck
+        from nas.proxy.necks import resolve_neck
 
         genotype = resolve_neck(name).genotype
         if genotype is None:
@@ -625,7 +638,7 @@ def _resumed_config(run, args: argparse.Namespace):
         raise UsageError(str(e)) from None
     asked = {
         "space": args.space,
-        "cells": args.cells,
+        "space-options": args.space_options,
         "controller": args.controller,
         "seed": args.seed,
         "objective": args.objective,
@@ -662,7 +675,7 @@ def _resumed_config(run, args: argparse.Namespace):
 def _same_as_saved(key: str, value, saved) -> bool:
     current = {
         "space": saved.space,
-        "cells": saved.space_options.get("cells"),
+        "space-options": saved.space_options,
         "controller": saved.controller,
         "seed": saved.seed,
         "objective": "ap" if not saved.objective.get("cost") else f"ap,{saved.objective['cost']}",
@@ -676,7 +689,8 @@ def _same_as_saved(key: str, value, saved) -> bool:
 
 def _compare(args: argparse.Namespace) -> None:
 
-    from nas.compare import (
+    from nas.proxy.prepare import prepare_proxy_data
+    from nas.search.compare import (
         baseline_entry,
         claim_jobs_folder,
         entries,
@@ -686,9 +700,8 @@ def _compare(args: argparse.Namespace) -> None:
         set_repeats,
         write_results,
     )
-    from nas.proxy_data import prepare_proxy_data
-    from nas.runs import RunFolder
-    from nas.search import load_splits
+    from nas.search.driver import load_splits
+    from nas.search.runs import RunFolder
 
     baselines = [n.strip() for n in args.baselines.split(",") if n.strip()]
     if args.run is not None:
@@ -734,7 +747,7 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
-    from nas.leaderboard import leaderboard
+    from nas.inspect.leaderboard import leaderboard
 
     print(leaderboard(_inspected_run(args.run), args.top))
 
@@ -767,7 +780,7 @@ def _port(text: str) -> int:
 
 def _inspected_run(path: Path):
     """The run folder at ``path`` with a study to read, or a UsageError."""
-    from nas.runs import RunFolder
+    from nas.search.runs import RunFolder
 
     run = RunFolder.existing(path)
     try:
@@ -780,7 +793,7 @@ def _inspected_run(path: Path):
 
 
 def _dashboard(args: argparse.Namespace) -> None:
-    from nas.dashboard import serve
+    from nas.inspect.dashboard import serve
 
     run = _inspected_run(args.run)
     try:
@@ -790,7 +803,7 @@ def _dashboard(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from nas.report import write_report
+    from nas.inspect.report import write_report
 
     run = _inspected_run(args.run)
     index = write_report(run, out=args.out, top=args.top)
@@ -823,7 +836,7 @@ def _add_export_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from nas.export import export_command
+    from nas.export.bundle import export_command
 
     print(
         export_command(

@@ -11,7 +11,7 @@ A node resamples each input to its level (1x1 conv where widths differ; ``up`` t
 finer level, ``down`` to a coarser one), combines them (``combine``), optionally adds every
 earlier same-level entry that no node consumed (NAS-FPN's rule for output nodes,
 ``absorb_unconsumed``) and applies ``post``. Width, repeats and normalisation are build
-arguments (see ``nas.builder``), never part of the graph: with ``repeats > 1`` the cell's
+arguments (see ``nas.nets.builder``), never part of the graph: with ``repeats > 1`` the cell's
 outputs P3..P7 become the next repeat's pool entries 0..4.
 
 JSON form::
@@ -36,25 +36,56 @@ LEVELS = (3, 4, 5, 6, 7)
 NUM_INPUTS = len(LEVELS)  # pool entries 0..4 are the pyramid inputs P3..P7
 BACKBONE_INPUTS = 3  # entries 0..2 come from the backbone (C3..C5)
 
+
+@dataclass(frozen=True)
+class Word:
+    """One word of the genotype's vocabulary: what it does, and how it is shown.
+
+    ``symbol`` is written in a drawn node's box (``nas.inspect.draw``), ``short`` in a one-line
+    text of the genotype (search-space labels, leaderboards); "" shows nothing. Every module that
+    implements or shows a word (``nas.nets.ops``, ``nas.export.codegen``, ``nas.inspect.draw``,
+    ``search_spaces``) keys into these tables; ``tests/test_vocabulary.py`` fails when one misses
+    a word.
+    """
+
+    meaning: str
+    symbol: str
+    short: str
+
+
 COMBINES = {
-    "sum": "element-wise sum",
-    "attention": "NAS-FPN global attention: coarser + finer * sigmoid(global max-pool(coarser))",
-    "weighted": "BiFPN fast normalised fusion: sum(relu(w_i) x_i) / (eps + sum relu(w_j))",
+    "sum": Word("element-wise sum", "+", "sum"),
+    "attention": Word(
+        "NAS-FPN global attention: coarser + finer * sigmoid(global max-pool(coarser))", "att", "att"
+    ),
+    "weighted": Word(
+        "BiFPN fast normalised fusion: sum(relu(w_i) x_i) / (eps + sum relu(w_j))", "w+", "wsum"
+    ),
 }
-UPSAMPLES = {"nearest": "nearest-neighbour interpolation to the level's size"}
+UPSAMPLES = {"nearest": Word("nearest-neighbour interpolation to the level's size", "nearest", "nearest")}
 DOWNSAMPLES = {
-    "max": "max-pool, kernel stride+1, after a 1x1 conv where widths differ",
-    "subsample": "kernel-1 max-pool (take every 2^k-th pixel), as torchvision's LastLevelMaxPool",
-    "conv": "3x3 stride-2 conv (one level only)",
-    "relu_conv": "ReLU then 3x3 stride-2 conv (one level only), as RetinaNet's P7",
+    "max": Word("max-pool, kernel stride+1, after a 1x1 conv where widths differ", "max", "max"),
+    "subsample": Word(
+        "kernel-1 max-pool (take every 2^k-th pixel), as torchvision's LastLevelMaxPool",
+        "subsample",
+        "subsample",
+    ),
+    "conv": Word("3x3 stride-2 conv (one level only)", "conv", "conv"),
+    "relu_conv": Word(
+        "ReLU then 3x3 stride-2 conv (one level only), as RetinaNet's P7", "relu-conv", "relu_conv"
+    ),
 }
 CONV_DOWNSAMPLES = ("conv", "relu_conv")
 POSTS = {
-    "none": "nothing",
-    "conv": "3x3 conv, norm",
-    "relu_conv": "ReLU, 3x3 conv, norm (NAS-FPN)",
-    "swish_sepconv": "swish, depthwise-separable 3x3 conv, norm (BiFPN)",
-    "aspp": "ASPP (DetectoRS): 1x1, 3x3 dilation 3, 3x3 dilation 6 and global-pool branches, concatenated",
+    "none": Word("nothing", "", ""),
+    "conv": Word("3x3 conv, norm", "conv", "conv"),
+    "relu_conv": Word("ReLU, 3x3 conv, norm (NAS-FPN)", "relu-conv", "rconv"),
+    "swish_sepconv": Word("swish, depthwise-separable 3x3 conv, norm (BiFPN)", "swish-sep", "sep"),
+    "aspp": Word(
+        "ASPP (DetectoRS): 1x1, 3x3 dilation 3, 3x3 dilation 6 and global-pool branches, concatenated",
+        "aspp",
+        "aspp",
+    ),
 }
 
 

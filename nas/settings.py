@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-NORMS = ("bn", "gn", "none")  # after every conv of a neck, see nas.ops
+NORMS = ("bn", "gn", "none")  # after every conv of a neck, see nas.nets.ops
 DETECTORS = ("atss", "retinanet", "fasterrcnn")  # one-stage with ATSS or IoU assignment, two-stage
-ROI_MODES = ("fpn", "panet", "soft")  # Faster R-CNN's RoI features, see nas.roi
-# C3..C5 widths of the torchvision ResNets a proxy can use (nas.backbone builds them).
+ROI_MODES = ("fpn", "panet", "soft")  # Faster R-CNN's RoI features, see nas.proxy.roi
+# C3..C5 widths of the torchvision ResNets a proxy can use (nas.nets.backbone builds them).
 BACKBONE_WIDTHS: dict[str, tuple[int, int, int]] = {
     "resnet10": (128, 256, 512),
     "resnet18": (128, 256, 512),
@@ -34,7 +34,7 @@ BUDGETS = {
     "quick": Budget(steps=30, evaluations=1, batch_size=8),
     "default": Budget(steps=500, evaluations=2),
     "full": Budget(steps=2000, evaluations=4),
-    "long": Budget(steps=8000, evaluations=4),  # calibration's reference (nas.calibrate)
+    "long": Budget(steps=8000, evaluations=4),  # calibration's reference (nas.search.calibrate)
 }
 
 

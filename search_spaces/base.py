@@ -21,7 +21,17 @@ from typing import Any, ClassVar, TypeVar
 
 from optuna.trial import BaseTrial
 
-from nas.genotype import BACKBONE_INPUTS, LEVELS, NUM_INPUTS, Genotype, GenotypeError, Node
+from nas.genotype import (
+    BACKBONE_INPUTS,
+    COMBINES,
+    DOWNSAMPLES,
+    LEVELS,
+    NUM_INPUTS,
+    POSTS,
+    Genotype,
+    GenotypeError,
+    Node,
+)
 from nas.settings import NORMS
 
 Choice = int | str
@@ -135,7 +145,7 @@ class SearchSpace(abc.ABC):
             text = _node_text(target, node, genotype.entry_levels)
             text += "".join(f"+{entry_name(j)}" for j in genotype.absorbed[i])
             if node.post not in ("none", self.implied_post):
-                text += f">{POST_NAMES[node.post]}"
+                text += f">{POSTS[node.post].short}"
             parts.append(text)
         return " ".join(parts)
 
@@ -195,19 +205,15 @@ def entry_name(index: int) -> str:
     return f"P{3 + index}" if index < NUM_INPUTS else f"n{index}"
 
 
-COMBINE_NAMES = {"sum": "sum", "attention": "att", "weighted": "wsum"}
-POST_NAMES = {"conv": "conv", "relu_conv": "rconv", "swish_sepconv": "sep", "aspp": "aspp"}
-
-
 def _node_text(target: str, node: Node, levels: Sequence[int]) -> str:
     names = [entry_name(j) for j in node.inputs]
     if len(node.inputs) == 1:
         source = levels[node.inputs[0]]
-        op = node.down if source < node.level else "up" if source > node.level else ""
+        op = DOWNSAMPLES[node.down].short if source < node.level else "up" if source > node.level else ""
         return f"{target}={op}({names[0]})" if op else f"{target}={names[0]}"
-    text = f"{target}={COMBINE_NAMES[node.combine]}({','.join(names)})"
+    text = f"{target}={COMBINES[node.combine].short}({','.join(names)})"
     if node.down != "max" and any(levels[j] < node.level for j in node.inputs):
-        text += f"/{node.down}"
+        text += f"/{DOWNSAMPLES[node.down].short}"
     return text
 
 

@@ -24,7 +24,7 @@ then for node e = 5, 6, ... (the pool entry it makes):
   (the conv ops span one level only) when one is further below; neither when no input is
   finer (``down`` is then ``max``).
 - ``node{e}_post``: ``none`` | ``conv`` | ``swish_sepconv`` | ``aspp`` (DetectoRS' atrous
-  spatial pyramid pooling, ``nas.ops.ASPP``).
+  spatial pyramid pooling, ``nas.nets.ops.ASPP``).
 
 Upsampling is nearest; nodes never absorb. The outputs are the last node at each level (FPN,
 PANet and BiFPN all follow that rule). Nodes that reach no output stay in the genotype and

@@ -17,7 +17,7 @@ Decisions of cell k, asked in this order (pool size 5 + k):
 - ``cell{k}_op``: ``sum`` | ``attention``.
 
 Inputs keep their order: ``attention`` gates with the coarser input and, on a tie, with the
-first (``nas.builder``), so swapped inputs can be a different neck; the published cell is
+first (``nas.nets.builder``), so swapped inputs can be a different neck; the published cell is
 encoded with its own order. Size: prod_k (5 + k)(4 + k) * 2^cells * 5^(cells - 5) distinct
 decision records, one genotype each: 3.3e9 for 5 cells, 3.2e15 for the default 7, 4.2e18
 for 8 (about half as many different necks, as ``sum`` ignores input order).

@@ -19,7 +19,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def backbone_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Random ResNet-10 weights: spares the tests the backbone's pretraining."""
-    from nas.backbone import resnet_body
+    from nas.nets.backbone import resnet_body
 
     path = tmp_path_factory.mktemp("backbone") / "resnet10.pt"
     torch.manual_seed(0)

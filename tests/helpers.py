@@ -11,8 +11,8 @@ import optuna
 from optuna.trial import TrialState
 from torch import nn
 
-from nas.objectives import Objective
-from nas.runs import RunFolder, SearchConfig
+from nas.search.objectives import Objective
+from nas.search.runs import RunFolder, SearchConfig
 from search_spaces import get_space
 
 

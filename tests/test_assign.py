@@ -1,4 +1,4 @@
-"""ATSS's sample selection (``nas.assign``) against the paper's rules, written out box by box."""
+"""ATSS's sample selection (``nas.proxy.assign``) against the paper's rules, written out box by box."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
-from nas.assign import atss_matches
-from nas.detector import CenteredAnchorGenerator, ProxyDetector, anchor_sizes
+from nas.proxy.assign import atss_matches
+from nas.proxy.detector import CenteredAnchorGenerator, ProxyDetector, anchor_sizes
 
 IMAGE = 128
 
@@ -88,7 +88,7 @@ def test_no_boxes_leaves_every_anchor_background() -> None:
 
 def test_the_atss_detector_learns_from_its_matches_and_keeps_them() -> None:
     from fixed_necks import FIXED_NECKS
-    from nas.backbone import backbone_widths
+    from nas.nets.backbone import backbone_widths
 
     torch.manual_seed(0)
     neck = FIXED_NECKS["fpn"].build(backbone_widths("resnet10"), 16)

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from fixed_necks.augfpn import AUXILIARY_WEIGHT, AugFPN
-from nas.backbone import backbone_widths
 from nas.cli import main
-from nas.detector import ProxyDetector
-from nas.necks import resolve_neck
-from nas.profile import neck_inputs
+from nas.nets.backbone import backbone_widths
+from nas.proxy.detector import ProxyDetector
+from nas.proxy.necks import resolve_neck
+from nas.proxy.profile import neck_inputs
+from nas.proxy.train import roi_mode
 from nas.settings import ProxySettings
-from nas.train import roi_mode
 
 WIDTHS = backbone_widths("resnet10")
 WIDTH = 16

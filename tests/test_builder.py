@@ -11,11 +11,11 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
 from fixed_necks import FIXED_NECKS
-from nas.backbone import BackboneWithNeck, resnet_body
-from nas.builder import build_neck
 from nas.genotype import Genotype, GenotypeError, Node
-from nas.ops import ASPP, post_op
-from nas.profile import count_parameters, neck_inputs
+from nas.nets.backbone import BackboneWithNeck, resnet_body
+from nas.nets.builder import build_neck
+from nas.nets.ops import ASPP, post_op
+from nas.proxy.profile import count_parameters, neck_inputs
 
 # The necks with a genotype twin (AugFPN and RFP have none).
 TWINS = [name for name, neck in FIXED_NECKS.items() if neck.make_genotype is not None]

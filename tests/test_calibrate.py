@@ -9,12 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from nas.calibrate import PANEL, Survey, assess, calibrated_budget, choose, survey, verdict, write_calibration
 from nas.cli import main
-from nas.compare import Entry
 from nas.data.coco import CocoDetection
 from nas.errors import UsageError
-from nas.necks import resolve_neck
+from nas.proxy.necks import resolve_neck
+from nas.search.calibrate import (
+    PANEL,
+    Survey,
+    assess,
+    calibrated_budget,
+    choose,
+    survey,
+    verdict,
+    write_calibration,
+)
+from nas.search.compare import Entry
 from nas.settings import ProxySettings
 
 REFERENCE_AP = {"nofusion": 0.10, "fpn": 0.30, "panet": 0.32, "bifpn": 0.34, "nasfpn": 0.31}

@@ -91,7 +91,7 @@ def test_unknown_neck_and_bad_options_are_one_line_exit_2(tmp_path: Path) -> Non
 def test_data_synth_then_train_quick(tmp_path: Path) -> None:
     import torch
 
-    from nas.backbone import resnet_body
+    from nas.nets.backbone import resnet_body
 
     made = nasfpn(
         "data", "synth", "--out", str(tmp_path / "d"), "--train", "8", "--val", "4", "--size", "128"

@@ -16,13 +16,13 @@ import ray
 import torch
 from PIL import Image
 
-from nas.backbone import backbone_widths
 from nas.cli import main
-from nas.compare import Entry, matched_repeats, write_results
-from nas.evaluate import METRICS
-from nas.necks import resolve_neck
-from nas.profile import profile_neck
-from nas.runs import COST_IMAGE_SIZE, RunFolder, SearchConfig
+from nas.nets.backbone import backbone_widths
+from nas.proxy.evaluate import METRICS
+from nas.proxy.necks import resolve_neck
+from nas.proxy.profile import profile_neck
+from nas.search.compare import Entry, matched_repeats, write_results
+from nas.search.runs import COST_IMAGE_SIZE, RunFolder, SearchConfig
 from nas.settings import ProxySettings
 from search_spaces import get_space
 

@@ -29,8 +29,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from nas.cli import main
-from nas.dashboard import PUBLISHED, artifact_store, publish_trial
-from nas.runs import RunFolder
+from nas.inspect.dashboard import PUBLISHED, artifact_store, publish_trial
+from nas.search.runs import RunFolder
 from search_spaces import get_space
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from nas.data import synth
 from nas.data.coco import CocoDetection, DatasetError, collate, find_split
-from nas.detector import anchor_sizes
+from nas.proxy.detector import anchor_sizes
 
 TINY = {"train": 6, "val": 3, "size": 64}
 

@@ -8,10 +8,10 @@ from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
 from fixed_necks import FIXED_NECKS
-from nas.backbone import backbone_widths, resnet_body
-from nas.detector import CenteredAnchorGenerator, ProxyDetector, anchor_sizes
 from nas.errors import BackboneError
-from nas.losses import retinanet_loss
+from nas.nets.backbone import backbone_widths, resnet_body
+from nas.proxy.detector import CenteredAnchorGenerator, ProxyDetector, anchor_sizes
+from nas.proxy.losses import retinanet_loss
 from nas.settings import BACKBONE_WIDTHS
 
 

@@ -1,4 +1,4 @@
-"""nas.draw: the node table and the PNG drawing of a genotype."""
+"""nas.inspect.draw: the node table and the PNG drawing of a genotype."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from fixed_necks import FIXED_NECKS
-from nas.draw import draw_genotype, node_table
 from nas.genotype import LEVELS, Genotype, Node
+from nas.inspect.draw import draw_genotype, node_table
 
 # The necks with a genotype twin (AugFPN and RFP have none).
 TWINS = [name for name, neck in FIXED_NECKS.items() if neck.make_genotype is not None]

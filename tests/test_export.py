@@ -24,15 +24,15 @@ from helpers import randomize_norm_stats
 from optuna.trial import TrialState
 
 from fixed_necks import FIXED_NECKS
-from nas.builder import GenotypeNeck
 from nas.cli import main
-from nas.codegen import BuildSettings, Facts, check_source, generate
-from nas.export import NECK_PREFIX, ExportSource, export
+from nas.export.bundle import NECK_PREFIX, ExportSource, export
+from nas.export.codegen import BuildSettings, Facts, check_source, generate
 from nas.genotype import NUM_INPUTS, Genotype, GenotypeError, Node
-from nas.necks import NeckSpec
-from nas.runs import RunFolder, SearchConfig
+from nas.nets.builder import GenotypeNeck
+from nas.proxy.necks import NeckSpec
+from nas.proxy.train import build_proxy_model
+from nas.search.runs import RunFolder, SearchConfig
 from nas.settings import ProxySettings
-from nas.train import build_proxy_model
 from search_spaces import get_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

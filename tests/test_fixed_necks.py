@@ -12,7 +12,7 @@ from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
 from fixed_necks import FIXED_NECKS
-from nas.profile import count_parameters, neck_inputs
+from nas.proxy.profile import count_parameters, neck_inputs
 
 WIDTHS = (64, 128, 256)
 

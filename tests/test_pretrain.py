@@ -15,9 +15,9 @@ from pycocotools.cocoeval import COCOeval
 from nas.data import synth
 from nas.data.coco import CocoDetection
 from nas.data.letterbox import letterbox_split
-from nas.evaluate import coco_ap
-from nas.necks import resolve_neck
-from nas.pretrain import coarse_targets, pretrain_body, scene_labels
+from nas.proxy.evaluate import coco_ap
+from nas.proxy.necks import resolve_neck
+from nas.proxy.pretrain import coarse_targets, pretrain_body, scene_labels
 
 
 @pytest.fixture(scope="module")

@@ -18,9 +18,9 @@ from helpers import make_run
 from PIL import Image
 
 from nas.cli import main
-from nas.leaderboard import leaderboard
-from nas.report import pareto_front, rolling_mean, write_report
-from nas.runs import RunFolder, SearchConfig
+from nas.inspect.leaderboard import leaderboard
+from nas.inspect.report import pareto_front, rolling_mean, write_report
+from nas.search.runs import RunFolder, SearchConfig
 
 
 def _check_report(index: Path, min_cells: int) -> str:

@@ -10,8 +10,8 @@ from torch import nn
 
 from fixed_necks import FIXED_NECKS
 from fixed_necks.rfp import RFP, STAGES, block_with_feedback
-from nas.backbone import backbone_widths, resnet_body
-from nas.detector import ProxyDetector
+from nas.nets.backbone import backbone_widths, resnet_body
+from nas.proxy.detector import ProxyDetector
 
 WIDTH = 16
 

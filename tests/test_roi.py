@@ -10,11 +10,11 @@ import torch
 from torch import nn
 from torchvision.models.detection.image_list import ImageList
 
-from nas.backbone import backbone_widths
 from nas.cli import build_parser, main, proxy_settings
-from nas.detector import ProxyDetector
-from nas.necks import resolve_neck
-from nas.roi import ROI_LEVELS, ROI_MODES
+from nas.nets.backbone import backbone_widths
+from nas.proxy.detector import ProxyDetector
+from nas.proxy.necks import resolve_neck
+from nas.proxy.roi import ROI_LEVELS, ROI_MODES
 
 SIZE = 128
 WIDTH = 16

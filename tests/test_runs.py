@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from nas.cli import main
-from nas.runs import RunFolder, SearchConfig
+from nas.search.runs import RunFolder, SearchConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_processes_opening_a_fresh_study_at_once_all_get_it(tmp_path: Path) -> N
     run.save_config(SearchConfig(name="fresh"))
     start = time.time() + 4  # after every process has imported optuna
     opener = (
-        f"import time; from nas.runs import RunFolder; run = RunFolder({str(run.path)!r}); "
+        f"import time; from nas.search.runs import RunFolder; run = RunFolder({str(run.path)!r}); "
         f"time.sleep(max(0.0, {start!r} - time.time())); "
         "print(run.open_study(run.load_config(), ['maximize']).study_name)"
     )

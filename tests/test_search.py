@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 from fixed_necks import get_fixed_neck
 from nas.cli import main
 from nas.genotype import Genotype
-from nas.runs import RunFolder, SearchConfig, count_done
-from nas.search import run_search
+from nas.search.driver import run_search
+from nas.search.runs import RunFolder, SearchConfig, count_done
 from nas.settings import ProxySettings
 
 
@@ -180,6 +180,17 @@ def test_resume_with_other_settings_is_refused(
     )
 
 
+def test_resume_with_other_space_options_is_refused(
+    tmp_path: Path, tiny_dataset: Path, backbone_checkpoint: Path, capsys
+) -> None:
+    run = RunFolder(tmp_path / "o")
+    run.save_config(SearchConfig(name="o", space="nasfpn", space_options={"cells": 7}))
+    args = _search_args("o", tmp_path, tiny_dataset, backbone_checkpoint, "--space-options", "cells=9")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--space-options" in err and "new --name" in err
+
+
 def test_pareto_search_seeded_with_the_published_cell(
     ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -213,7 +224,9 @@ def test_scalar_reward_is_mnasnet_style_against_fpn(
         (["--controller", "rl", "--objective", "ap,latency", "--reward", "pareto"], "learns from one reward"),
         (["--objective", "ap,size"], "give ap, ap,latency or ap,flops"),
         (["--seed-with", "fpn"], "--seed-with fpn: not a point of the nasfpn space"),
-        (["--space", "fusion", "--cells", "6"], "--cells applies to the nasfpn space"),
+        (["--space", "fusion", "--space-options", "cells=6"], "search space 'fusion' has no option 'cells'"),
+        (["--space-options", "cells=3"], "cells must be an integer >= 5"),
+        (["--space-options", "cells"], "'cells': give NAME=VALUE"),
     ],
 )
 def test_impossible_search_options_are_one_line_errors(

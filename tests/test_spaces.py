@@ -15,8 +15,8 @@ from fixed_necks.bifpn import bifpn_genotype
 from fixed_necks.fpn import fpn_genotype
 from fixed_necks.nasfpn import nasfpn_genotype
 from fixed_necks.panet import panet_genotype
-from nas.builder import GenotypeNeck
 from nas.genotype import LEVELS, Genotype, GenotypeError, Node
+from nas.nets.builder import GenotypeNeck
 from search_spaces import SPACES, FusionSpace, NasFpnSpace, SearchSpace, get_space
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -10,17 +10,17 @@ import pytest
 import torch
 from torch import nn
 
-import nas.pretrain
+import nas.proxy.pretrain
 import nas.settings
 from fixed_necks import FIXED_NECKS, FixedNeck
 from fixed_necks.fpn import FPN
-from nas.backbone import backbone_widths, resnet_body
 from nas.data.coco import CocoDetection
-from nas.evaluate import METRICS
-from nas.necks import resolve_neck
-from nas.proxy_data import prepare_proxy_data
+from nas.nets.backbone import backbone_widths, resnet_body
+from nas.proxy.evaluate import METRICS
+from nas.proxy.necks import resolve_neck
+from nas.proxy.prepare import prepare_proxy_data
+from nas.proxy.train import build_proxy_model, evaluate, fit, load_checkpoint, train_proxy
 from nas.settings import Budget, ProxySettings
-from nas.train import build_proxy_model, evaluate, fit, load_checkpoint, train_proxy
 
 
 def _splits(root: Path) -> tuple[CocoDetection, CocoDetection]:
@@ -69,7 +69,7 @@ def test_same_seed_same_ap(tiny_dataset: Path, backbone_checkpoint: Path, tmp_pa
 
 
 def test_backbone_is_pretrained_once_and_cached(tiny_dataset: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(nas.pretrain, "PRETRAIN_STEPS", 3)
+    monkeypatch.setattr(nas.proxy.pretrain, "PRETRAIN_STEPS", 3)
     settings = ProxySettings(budget="quick", width=32)
     first = prepare_proxy_data(*_splits(tiny_dataset), settings, tmp_path, progress=False)
     cached = list(tmp_path.glob("backbone-*.pt"))
@@ -119,7 +119,7 @@ class ImageFedFPN(nn.Module):
 def test_a_neck_that_takes_images_gets_the_frozen_body_and_images(
     tiny_dataset: Path, backbone_checkpoint: Path, monkeypatch
 ) -> None:
-    from nas.trial import neck_costs
+    from nas.search.trial import neck_costs
 
     monkeypatch.setitem(FIXED_NECKS, "imagefed", FixedNeck("imagefed", "test", ImageFedFPN, None, norm=None))
     settings = _settings(backbone_checkpoint)  # frozen: C3..C5 are cached for the other necks
@@ -143,7 +143,7 @@ def test_letterbox_keeps_aspect_and_maps_boxes_back(tmp_path: Path) -> None:
     from PIL import Image
 
     from nas.data.letterbox import letterbox_split
-    from nas.train import coco_results
+    from nas.proxy.train import coco_results
 
     (tmp_path / "img" / "sub").mkdir(parents=True)
     Image.new("RGB", (200, 100), (255, 0, 0)).save(tmp_path / "img" / "sub" / "wide.png")

@@ -19,17 +19,73 @@ function of the finished trial that scalarises the objectives (see ``nas.control
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 import optuna
 
 from nas.controllers.common import Reward, observed_value
 from nas.controllers.evolution import RegularizedEvolutionSampler
 
-CONTROLLERS = ("rl", "evolution", "random", "tpe")
+
+@dataclass(frozen=True)
+class Controller:
+    """A controller: how its sampler is made, and whether it searches a Pareto front itself
+    (``multi_objective``) or needs the objectives scalarised into one reward.
+
+    ``make(seed, state_path, reward, **options)`` returns the Optuna sampler.
+    """
+
+    make: Callable[..., optuna.samplers.BaseSampler]
+    multi_objective: bool
+
+
+@runtime_checkable
+class Finishing(Protocol):
+    """A sampler with work left when a search stops (e.g. ``rl``'s last policy update and saved
+    state); the search driver calls ``finish(study)`` once, after its last trial."""
+
+    def finish(self, study: optuna.Study) -> None: ...
+
+
+def _rl(
+    seed: int | None, state_path: Any, reward: Reward | None, **options: Any
+) -> optuna.samplers.BaseSampler:
+    from nas.controllers.rl import RLSampler  # torch: the command line lists CONTROLLERS without it
+
+    return RLSampler(seed=seed, state_path=state_path, reward=reward, **options)
+
+
+def _evolution(
+    seed: int | None, state_path: Any, reward: Reward | None, **options: Any
+) -> optuna.samplers.BaseSampler:
+    return RegularizedEvolutionSampler(seed=seed, reward=reward, **options)
+
+
+def _random(
+    seed: int | None, state_path: Any, reward: Reward | None, **options: Any
+) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed, **options)
+
+
+def _tpe(
+    seed: int | None, state_path: Any, reward: Reward | None, **options: Any
+) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.TPESampler(seed=seed, **options)
+
+
+CONTROLLERS: dict[str, Controller] = {
+    "rl": Controller(_rl, multi_objective=False),
+    "evolution": Controller(_evolution, multi_objective=False),
+    "random": Controller(_random, multi_objective=True),
+    "tpe": Controller(_tpe, multi_objective=True),
+}
 
 __all__ = [
     "CONTROLLERS",
+    "Controller",
+    "Finishing",
     "RegularizedEvolutionSampler",
     "Reward",
     "make_controller",
@@ -47,7 +103,7 @@ def make_controller(
     """The controller ``name`` as an Optuna sampler.
 
     Args:
-        name: one of ``CONTROLLERS``.
+        name: a key of ``CONTROLLERS``.
         seed: seeds the controller's randomness.
         state_path: where ``rl`` keeps its state across resumes; the others keep none beyond the
             study and ignore it.
@@ -56,14 +112,6 @@ def make_controller(
         options: keyword arguments of the controller's class (e.g. ``batch`` for rl,
             ``population_size`` for evolution, ``n_startup_trials`` for tpe).
     """
-    if name == "rl":
-        from nas.controllers.rl import RLSampler  # torch: the command line lists CONTROLLERS without it
-
-        return RLSampler(seed=seed, state_path=state_path, reward=reward, **options)
-    if name == "evolution":
-        return RegularizedEvolutionSampler(seed=seed, reward=reward, **options)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed, **options)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, **options)
-    raise ValueError(f"unknown controller {name!r}; known: {', '.join(CONTROLLERS)}")
+    if name not in CONTROLLERS:
+        raise ValueError(f"unknown controller {name!r}; known: {', '.join(CONTROLLERS)}")
+    return CONTROLLERS[name].make(seed, state_path, reward, **options)

@@ -166,6 +166,10 @@ class RLSampler(DecisionSampler):
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.learn(study)
 
+    def finish(self, study: optuna.Study) -> None:
+        """Learns from the last batch too, so the saved state is up to date when a search stops."""
+        self.learn(study)
+
     def learn(self, study: optuna.Study) -> None:
         """Learns from the finished trials not learned from yet, ``batch`` at a time, and saves
         the state. Runs before each trial; a search calls it once more at its end."""

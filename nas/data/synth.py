@@ -37,7 +37,7 @@ luminance (a token by ``TOKEN_CONTRAST``, a plate's nearer colour by ``PLATE_CON
 other one further still, so its outline shows at every scale), and the stripes of the fills and
 backgrounds that are not plates are too coarse (>= 8 px) or absent to pass for one.
 
-The proxy's backbone is pretrained on coarser labels than these (``nas.pretrain``), as real
+The proxy's backbone is pretrained on coarser labels than these (``nas.proxy.pretrain``), as real
 backbones are on ImageNet, and two extra fields carry them (COCO readers ignore both): each
 image's ``tags``, its scene-level labels (``TAGS``: its theme and which middle shapes it holds;
 the vocabulary is a top-level ``tags`` list), and each annotation's ``coarse`` label (``COARSE``:
@@ -98,7 +98,7 @@ CATEGORY_GROUPS: tuple[tuple[str, str], ...] = (
 )
 CATEGORIES = tuple(name for name, _ in CATEGORY_GROUPS)
 TAGS = (*(f"theme_{theme}" for theme in THEMES), *(f"has_{shape}" for shape in SHAPES))
-# An annotation's ``coarse`` label, what the backbone is pretrained to find (nas.pretrain): a token,
+# An annotation's ``coarse`` label, what the backbone is pretrained to find (nas.proxy.pretrain): a token,
 # each middle shape, a plate by its outline -- everything but what names a token or a plate.
 COARSE = ("token", *SHAPES, *(f"plate_{theme}" for theme in THEMES))
 

@@ -1,29 +1,27 @@
-"""The data of a proxy trial, prepared once and shared by every trial on a machine.
-
-Both splits are decoded and letterboxed once (``nas.data.letterbox``). The backbone is
-pretrained once per dataset on labels coarser than the detector's (``nas.pretrain``) and cached
-on disk, keyed by the dataset and the settings that shape it.
-With ``freeze_backbone`` its C3..C5 for every image are then computed once, kept in float16,
-and a trial's step runs only the neck and the heads. A user's backbone checkpoint replaces the
-pretraining.
+"""Preparing a proxy trial's data, once per machine: both splits decoded and letterboxed
+(``nas.data.letterbox``); the backbone pretrained once per dataset on labels coarser than the
+detector's (``nas.proxy.pretrain``) and cached on disk, keyed by the dataset and the settings
+that shape it -- or a user's checkpoint instead; with ``freeze_backbone``, its C3..C5 for every
+image computed once and kept in float16, so that a trial's step runs only the neck and heads.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
-from nas import pretrain
-from nas.backbone import resnet_body
 from nas.data.coco import CocoDetection, DatasetError
 from nas.data.letterbox import MIN_BOX_SIDE, ProxySplit, letterbox_split
-from nas.device import default_device
+from nas.nets.backbone import resnet_body
+from nas.proxy import pretrain
+from nas.proxy.data import ProxyData
+from nas.proxy.detector import normalize
+from nas.proxy.device import default_device
 
 if TYPE_CHECKING:
     from nas.settings import ProxySettings
@@ -31,33 +29,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PRETRAIN_VERSION = 7  # bump when pretraining changes, so stale cached backbones are not reused
-
-
-@dataclass
-class ProxyData:
-    """Letterboxed splits, the backbone's weights and, when frozen, its cached C3..C5."""
-
-    train: ProxySplit
-    val: ProxySplit
-    num_classes: int
-    body_state: dict[str, Tensor]
-    features: dict[str, list[Tensor]] | None = None  # split -> [C3, C4, C5], float16
-
-    def inputs(
-        self, split: str, index: Tensor, device: torch.device | None = None, images: bool = False
-    ) -> Tensor | list[Tensor]:
-        """The detector's inputs for images ``index``: cached C3..C5, or images in [0, 1] -- always
-        with ``images`` (a neck that runs the backbone itself)."""
-        if self.features is not None and not images:
-            return [c[index].to(device).float() for c in self.features[split]]
-        return getattr(self, split).images[index].to(device).float().div_(255)
-
-    def targets(self, index: Tensor, device: torch.device | None = None) -> list[dict[str, Tensor]]:
-        """The training targets of images ``index``."""
-        return [
-            {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.train.targets[i].items()}
-            for i in index.tolist()
-        ]
 
 
 def prepare_proxy_data(
@@ -98,8 +69,6 @@ def prepare_proxy_data(
 
 @torch.no_grad()
 def _features(body: torch.nn.Module, split: ProxySplit, batch_size: int = 64) -> list[Tensor]:
-    from nas.detector import normalize
-
     device = default_device()
     body.eval().to(device)
     levels: list[Tensor] = []

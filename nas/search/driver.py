@@ -20,15 +20,15 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nas.cluster import SharedObject, ray_cluster
-from nas.controllers import make_controller
-from nas.controllers.rl import RLSampler
+from nas.controllers import Finishing, make_controller
 from nas.data.coco import CocoDetection
-from nas.live_view import LiveView
-from nas.necks import NeckSpec, resolve_neck
-from nas.objectives import Objective
-from nas.proxy_data import ProxyData, prepare_proxy_data
-from nas.runs import (
+from nas.proxy.data import ProxyData
+from nas.proxy.necks import NeckSpec, resolve_neck
+from nas.proxy.prepare import prepare_proxy_data
+from nas.search.cluster import SharedObject, ray_cluster
+from nas.search.live_view import LiveView
+from nas.search.objectives import Objective
+from nas.search.runs import (
     COST_IMAGE_SIZE,
     RunFolder,
     SearchConfig,
@@ -36,7 +36,7 @@ from nas.runs import (
     interrupted_numbers,
     requeue_interrupted,
 )
-from nas.searcher import StudySearcher
+from nas.search.searcher import StudySearcher
 from nas.settings import budget_of
 from search_spaces import get_space
 
@@ -129,8 +129,8 @@ def run_search(
     )
     _tune(config, run, searcher, data, remaining + len(baseline), budget.evaluations, address)
     requeue_interrupted(study)  # trials still running were stopped: the next resume reruns them
-    if isinstance(study.sampler, RLSampler):
-        study.sampler.learn(study)  # from the last batch too, so the saved state is up to date
+    if isinstance(study.sampler, Finishing):
+        study.sampler.finish(study)
     done = count_done(study)
     return SearchOutcome(done, _failed(study), done >= config.trials, round(time.perf_counter() - start, 1))
 
@@ -161,7 +161,7 @@ def _tune(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from nas.trial import run_trial
+    from nas.search.trial import run_trial
 
     # Tune's newer console output prints its own experiment box and paths even at verbose=0;
     # the live view is the user's progress display.

@@ -57,7 +57,7 @@ class GlobalContext(nn.Module):
     (N, C, H, W) -> the same plus, at every cell, a transform of the whole map's mean.
 
     A ResNet's C5 cell sees the whole of a small image in theory, not in effect: pretrained on
-    what a scene holds (``nas.pretrain``, on a variant of the embedded data whose theme was the
+    what a scene holds (``nas.proxy.pretrain``, on a variant of the embedded data whose theme was the
     plate's hue), the proxy's ResNet-10 knew the theme from C5's mean (linear probe 0.95) and
     from a single C5 cell little better than from C3 (0.61 against 0.54); with this block, 1.0
     from every cell. The last conv starts at zero, so an untrained block (a checkpoint's body)

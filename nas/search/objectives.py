@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from nas.controllers import CONTROLLERS
+
 COSTS = {"latency": "latency_ms", "flops": "flops"}  # objective name -> metric key
-MULTI_OBJECTIVE_CONTROLLERS = ("random", "tpe")
+MULTI_OBJECTIVE_CONTROLLERS = tuple(name for name, c in CONTROLLERS.items() if c.multi_objective)
 MNAS_WEIGHT = -0.07
 
 

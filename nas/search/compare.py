@@ -3,12 +3,12 @@
 Every neck is trained in the run's proxy detector (its settings, the budget asked for) once per
 seed, as Ray tasks -- ``workers`` at a time, each with its CPU/GPU share -- on the data prepared
 once and shared through Ray's object store. A job whose ``metrics.json`` exists is not rerun and
-one that was cut short goes on from its last saved state (``nas.resume``), so an interrupted
+one that was cut short goes on from its last saved state (``nas.proxy.resume``), so an interrupted
 comparison resumes. Results: ``compare.md``, ``compare.csv`` and ``compare.png``
 in ``runs/NAME/compare/``.
 
 A baseline is a fixed neck or a genotype file, optionally with a RoI mode for the two-stage
-proxy: ``fpn@panet`` is FPN with PANet's adaptive feature pooling (``nas.roi``), so one comparison
+proxy: ``fpn@panet`` is FPN with PANet's adaptive feature pooling (``nas.proxy.roi``), so one comparison
 can set RoI modes side by side.
 
 Costs (params, FLOPs, single-thread CPU latency; GPU latency too when a GPU is present) are
@@ -34,19 +34,19 @@ from typing import Any
 
 from scipy.stats import ttest_ind
 
-from nas.backbone import backbone_widths
-from nas.cluster import SharedObject, ray_cluster
 from nas.errors import UsageError
-from nas.evaluate import METRICS
 from nas.genotype import Genotype
-from nas.necks import NeckSpec, resolve_neck
-from nas.profile import profile_neck
-from nas.proxy_data import ProxyData
-from nas.resume import RESUME_FILE, ResumeFile
-from nas.runs import COST_IMAGE_SIZE, RunFolder
+from nas.nets.backbone import backbone_widths
+from nas.proxy.data import ProxyData
+from nas.proxy.evaluate import METRICS
+from nas.proxy.necks import NeckSpec, resolve_neck
+from nas.proxy.profile import profile_neck
+from nas.proxy.resume import RESUME_FILE, ResumeFile
+from nas.proxy.train import roi_mode, training_key
+from nas.search.cluster import SharedObject, ray_cluster
+from nas.search.runs import COST_IMAGE_SIZE, RunFolder
 from nas.settings import ROI_MODES, ProxySettings
 from nas.tables import format_table
-from nas.train import roi_mode, training_key
 from search_spaces import get_space
 
 ALPHA = 0.05
@@ -81,7 +81,7 @@ class Entry:
 
 
 def baseline_entry(text: str, detector: str, roi: str | None = None) -> Entry:
-    """The baseline ``NECK`` or ``NECK@ROI`` (a RoI mode of ``nas.roi``, two-stage detector only).
+    """The baseline ``NECK`` or ``NECK@ROI`` (a RoI mode of ``nas.proxy.roi``, two-stage detector only).
 
     Its RoI mode: the suffix, else ``roi`` (an explicit ``--roi``), else the neck's own (AugFPN's
     soft), else the proxy's. GenotypeError for an unknown neck, ValueError for a bad suffix.
@@ -191,8 +191,8 @@ def digest(path: Path) -> str:
 
 
 def measure_costs(items: list[Entry], settings: ProxySettings) -> None:
-    """Each neck's params, FLOPs and CPU latency (``nas.trial.neck_costs``), one after another."""
-    from nas.trial import neck_costs
+    """Each neck's params, FLOPs and CPU latency (``nas.search.trial.neck_costs``), one after another."""
+    from nas.search.trial import neck_costs
 
     for entry in items:
         entry.costs = neck_costs(entry.neck, settings, COST_IMAGE_SIZE)
@@ -226,7 +226,7 @@ def run_jobs(
     ) -> dict[str, Any]:
         import torch
 
-        from nas.train import train_proxy
+        from nas.proxy.train import train_proxy
 
         torch.set_num_threads(threads)
         return train_proxy(neck, data.get(), settings, seed=seed, out_dir=path, progress=False)
@@ -305,7 +305,7 @@ def verdicts(items: list[Entry]) -> list[str]:
 def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySettings, out_dir: Path) -> str:
     """Writes compare.md, compare.csv and compare.png; returns the table as printed.
 
-    With the two-stage detector the tables say each neck's RoI mode (``nas.train.roi_mode``)."""
+    With the two-stage detector the tables say each neck's RoI mode (``nas.proxy.train.roi_mode``)."""
     two_stage = settings.detector == "fasterrcnn"
     gpu = any("gpu_latency_ms" in e.costs for e in items)  # measured only where a GPU is present
     header = [

@@ -4,7 +4,7 @@ A detector's backbone is normally trained first on another task (ImageNet), so i
 levels carry a scene's semantics, and no level is trained for the detector's own classes. The
 proxy does the same on the dataset it is given, in minutes, end to end:
 
-- *coarse detection*: a RetinaNet on the no-fusion neck (``nas.necks.no_fusion_neck``: each
+- *coarse detection*: a RetinaNet on the no-fusion neck (``nas.proxy.necks.no_fusion_neck``: each
   level alone, no path between them -- so no fusing topology is favoured; if anything the
   no-fusion neck is) learns to find the objects by a coarse label (``coarse_targets``: an
   annotation's ``coarse`` field where the COCO file has one, else its supercategory). The
@@ -42,11 +42,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from nas.backbone import backbone_widths, resnet_body
 from nas.data.letterbox import MIN_BOX_SIDE, ProxySplit
-from nas.device import default_device
-from nas.necks import no_fusion_neck
-from nas.schedule import shuffled_batches, warmup_cosine
+from nas.nets.backbone import backbone_widths, resnet_body
+from nas.proxy.detector import ProxyDetector
+from nas.proxy.device import default_device
+from nas.proxy.necks import no_fusion_neck
+from nas.proxy.schedule import shuffled_batches, warmup_cosine
 
 logger = logging.getLogger(__name__)
 
@@ -123,8 +124,6 @@ def pretrain_body(
     AdamW with warm-up and cosine decay, batches of ``PRETRAIN_BATCH`` images flipped
     left-right at random (boxes with them).
     """
-    from nas.detector import ProxyDetector
-
     names, scene = scene_labels(split)
     groups, targets = coarse_targets(split)
     torch.manual_seed(seed)

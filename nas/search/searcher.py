@@ -20,9 +20,9 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
-from nas.evaluate import METRICS
-from nas.objectives import Objective
-from nas.runs import RunFolder
+from nas.proxy.evaluate import METRICS
+from nas.search.objectives import Objective
+from nas.search.runs import RunFolder
 from search_spaces.base import SearchSpace
 
 RECORDED = (*METRICS, "params", "flops", "latency_ms", "seconds", "step")

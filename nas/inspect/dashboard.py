@@ -10,7 +10,7 @@ What a trial *is* here is its cell, so the dashboard process also *publishes* ev
 a genotype (a running one too, as soon as it is proposed): a background thread, at start and
 every few seconds after, gives each trial not yet published
 
-- two artifacts, ``cell.png`` (``nas.draw.draw_genotype``) and ``genotype.json``, kept in
+- two artifacts, ``cell.png`` (``nas.inspect.draw.draw_genotype``) and ``genotype.json``, kept in
   ``runs/NAME/artifacts/`` and shown on the trial's page (the picture inline);
 - a note (Markdown, on the trial's page): the space's one-line summary, the picture, the node
   table and the genotype. A note someone already wrote is left alone.
@@ -38,7 +38,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import optuna
 from optuna.artifacts import FileSystemArtifactStore
 
-from nas.runs import RunFolder
+from nas.search.runs import RunFolder
 
 __all__ = ["artifact_store", "make_dashboard_server", "publish_pending", "publish_trial", "serve"]
 
@@ -101,8 +101,8 @@ def publish_pending(study: optuna.Study, run: RunFolder, store: FileSystemArtifa
 
 
 def _publish(study: optuna.Study, trial: optuna.trial.FrozenTrial, run: RunFolder, store: Any) -> None:
-    from nas.draw import draw_genotype, node_table
     from nas.genotype import Genotype, GenotypeError
+    from nas.inspect.draw import draw_genotype, node_table
 
     storage, study_id, trial_id = study._storage, study._study_id, trial._trial_id
     data = trial.user_attrs["genotype"]

@@ -3,10 +3,10 @@
 ``train_proxy`` is the unit of work of every search trial and of ``nasfpn train``; it calls
 ``report(step, metrics)`` after each evaluation (for early stopping) and returns the final
 metrics. A training with an output folder saves its state there every few minutes
-(``nas.resume``) and, started again into that folder, goes on from the saved step.
+(``nas.proxy.resume``) and, started again into that folder, goes on from the saved step.
 
 With ``freeze_backbone`` (the default) the backbone's C3..C5 are computed once per dataset
-(``nas.proxy_data``) and a step trains only the neck and the heads. A neck that runs the backbone
+(``nas.proxy.data``) and a step trains only the neck and the heads. A neck that runs the backbone
 itself (``NeckSpec.needs_images``: RFP) is built around a body with the proxy's backbone weights
 -- frozen by the neck when ``freeze_backbone`` -- and fed images.
 """
@@ -24,15 +24,15 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from nas.backbone import backbone_widths, resnet_body
-from nas.detector import ProxyDetector
-from nas.device import default_device
 from nas.errors import TrainingError
-from nas.evaluate import coco_ap
-from nas.necks import NeckSpec
-from nas.proxy_data import ProxyData
-from nas.resume import RESUME_FILE, SAVE_EVERY, ResumeFile
-from nas.schedule import shuffled_batches, warmup_cosine
+from nas.nets.backbone import backbone_widths, resnet_body
+from nas.proxy.data import ProxyData
+from nas.proxy.detector import ProxyDetector
+from nas.proxy.device import default_device
+from nas.proxy.evaluate import coco_ap
+from nas.proxy.necks import NeckSpec
+from nas.proxy.resume import RESUME_FILE, SAVE_EVERY, ResumeFile
+from nas.proxy.schedule import shuffled_batches, warmup_cosine
 from nas.settings import Budget, ProxySettings, budget_of
 
 Report = Callable[[int, dict[str, float]], None]

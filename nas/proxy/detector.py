@@ -1,5 +1,5 @@
 """Proxy detectors around any neck: torchvision's RetinaNet, the same with ATSS's sample selection
-(``atss``, the default: ``nas.assign``), or Faster R-CNN.
+(``atss``, the default: ``nas.proxy.assign``), or Faster R-CNN.
 
 The detector is fed either normalised images or precomputed C3..C5 -- the latter when the
 backbone is frozen and its features are cached, so a trial trains only the neck and the heads.
@@ -30,10 +30,10 @@ from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.ops import box_iou
 
-from nas.assign import atss_matches
-from nas.backbone import BackboneWithNeck
-from nas.losses import retinanet_loss
-from nas.roi import one_level_features, pool_levels, roi_pooling
+from nas.nets.backbone import BackboneWithNeck
+from nas.proxy.assign import atss_matches
+from nas.proxy.losses import retinanet_loss
+from nas.proxy.roi import one_level_features, pool_levels, roi_pooling
 from nas.settings import DETECTORS, ROI_MODES
 
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7
@@ -99,6 +99,74 @@ class ConsistentSupervision(Protocol):
     ) -> tuple[OrderedDict[str, Tensor], OrderedDict[str, Tensor]]: ...
 
 
+def one_stage_detector(
+    backbone: BackboneWithNeck, classes: int, image_size: int, head_convs: int, roi: str
+) -> RetinaNet:
+    """torchvision's RetinaNet with its v2 head (GroupNorm after each conv and a GIoU box loss
+    train faster from scratch than v1's plain convs and L1 loss), ``head_convs`` convs a branch,
+    anchors scaled to the image (``anchor_sizes``); ``classes`` counts the background. ``roi``
+    is unused: a one-stage detector pools no RoIs."""
+    sizes = anchor_sizes(image_size)
+    anchors = CenteredAnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    channels = backbone.out_channels
+    head = RetinaNetHead(
+        channels,
+        anchors.num_anchors_per_location()[0],
+        classes,
+        norm_layer=partial(nn.GroupNorm, min(32, channels // 4)),
+    )
+    head.regression_head._loss_type = "giou"
+    for branch in (head.classification_head, head.regression_head):
+        branch.conv = branch.conv[:head_convs]
+    return RetinaNet(
+        backbone,
+        classes,
+        anchor_generator=anchors,
+        head=head,
+        detections_per_img=100,
+        min_size=image_size,
+        max_size=image_size,
+    )
+
+
+def two_stage_detector(
+    backbone: BackboneWithNeck, classes: int, image_size: int, head_convs: int, roi: str
+) -> FasterRCNN:
+    """torchvision's Faster R-CNN with one anchor size a level (scaled to the image), RoI
+    features pooled by RoI mode ``roi`` (``nas.proxy.roi``) and fewer proposals than at 800 px;
+    ``classes`` counts the background. ``head_convs`` is unused (the RoI head is two fc layers)."""
+    sizes = tuple((s[0],) for s in anchor_sizes(image_size, 1))
+    anchors = CenteredAnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    canonical_scale = max(1, round(224 * image_size / REFERENCE_IMAGE_SIZE))
+    roi_pool, box_head = roi_pooling(roi, backbone.out_channels, canonical_scale)
+    detector = FasterRCNN(
+        backbone,
+        rpn_anchor_generator=anchors,
+        box_head=box_head,
+        box_predictor=FastRCNNPredictor(256, classes),
+        rpn_pre_nms_top_n_train=600,
+        rpn_post_nms_top_n_train=300,
+        rpn_pre_nms_top_n_test=300,
+        rpn_post_nms_top_n_test=150,
+        box_batch_size_per_image=128,
+        min_size=image_size,
+        max_size=image_size,
+    )
+    # Set afterwards: FasterRCNN's constructor admits only a MultiScaleRoIAlign (the
+    # parameter-free default it makes in its place is dropped here).
+    detector.roi_heads.box_roi_pool = roi_pool
+    return detector
+
+
+# One builder a detector kind (``nas.settings.DETECTORS``); ATSS and RetinaNet differ only in how
+# anchors are matched to boxes (``ProxyDetector._matches``).
+DETECTOR_BUILDERS = {
+    "atss": one_stage_detector,
+    "retinanet": one_stage_detector,
+    "fasterrcnn": two_stage_detector,
+}
+
+
 class ProxyDetector(nn.Module):
     """A torchvision detector on a neck, trained and evaluated on square images.
 
@@ -111,7 +179,7 @@ class ProxyDetector(nn.Module):
         num_classes: object classes, labelled 1..num_classes (0 is background).
         image_size: side of the square input images.
         head_convs: 3x3 convs per RetinaNet head branch (torchvision: 4); fewer is cheaper.
-        roi: Faster R-CNN's RoI feature extraction (``nas.roi``): ``fpn`` (None: the default),
+        roi: Faster R-CNN's RoI feature extraction (``nas.proxy.roi``): ``fpn`` (None: the default),
             ``panet`` or ``soft``; RetinaNet has none.
 
     ``forward(inputs, targets)``: inputs are images (N, 3, S, S) in [0, 1] or the list
@@ -140,56 +208,15 @@ class ProxyDetector(nn.Module):
         self.kind = kind
         self.image_size = image_size
         self._match_cache: dict[int, Tensor] = {}
-        backbone = BackboneWithNeck(body, neck)
-        common = dict(min_size=image_size, max_size=image_size)
-        if kind != "fasterrcnn":
-            sizes = anchor_sizes(image_size)
-            anchors = CenteredAnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-            # torchvision's v2 head: GroupNorm after each conv and a GIoU box loss train faster
-            # from scratch than v1's plain convs and L1 loss.
-            head = RetinaNetHead(
-                neck.out_channels,
-                anchors.num_anchors_per_location()[0],
-                num_classes + 1,
-                norm_layer=partial(nn.GroupNorm, min(32, neck.out_channels // 4)),
-            )
-            head.regression_head._loss_type = "giou"
-            for branch in (head.classification_head, head.regression_head):
-                branch.conv = branch.conv[:head_convs]
-            self.detector: nn.Module = RetinaNet(
-                backbone,
-                num_classes + 1,
-                anchor_generator=anchors,
-                head=head,
-                detections_per_img=100,
-                **common,
-            )
-        else:
-            sizes = tuple((s[0],) for s in anchor_sizes(image_size, 1))
-            anchors = CenteredAnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-            canonical_scale = max(1, round(224 * image_size / REFERENCE_IMAGE_SIZE))
-            roi_pool, box_head = roi_pooling(roi or "fpn", neck.out_channels, canonical_scale)
-            self.detector = FasterRCNN(
-                backbone,
-                rpn_anchor_generator=anchors,
-                box_head=box_head,
-                box_predictor=FastRCNNPredictor(256, num_classes + 1),
-                rpn_pre_nms_top_n_train=600,
-                rpn_post_nms_top_n_train=300,
-                rpn_pre_nms_top_n_test=300,
-                rpn_post_nms_top_n_test=150,
-                box_batch_size_per_image=128,
-                **common,
-            )
-            # Set afterwards: FasterRCNN's constructor admits only a MultiScaleRoIAlign (the
-            # parameter-free default it makes in its place is dropped here).
-            self.detector.roi_heads.box_roi_pool = roi_pool
+        self.detector: nn.Module = DETECTOR_BUILDERS[kind](
+            BackboneWithNeck(body, neck), num_classes + 1, image_size, head_convs, roi or "fpn"
+        )
 
     def _matches(
         self, targets: list[dict[str, Tensor]], anchors: list[Tensor], anchors_per_level: list[int]
     ) -> list[Tensor]:
         """Per image, the box each anchor is matched to (-1 background, -2 ignored): by ATSS
-        (``nas.assign``) or by RetinaNet's IoU thresholds, as ``kind`` says.
+        (``nas.proxy.assign``) or by RetinaNet's IoU thresholds, as ``kind`` says.
 
         The anchors are the same for every image of the proxy's fixed size, so an image's
         matches never change: they are computed once per model and kept by ``image_id`` (the

@@ -1,6 +1,6 @@
 """The code generator: a genotype and its build settings -> the source of a standalone neck module.
 
-The generated ``neck.py`` imports only torch. Its ``Neck`` computes what ``nas.builder``'s
+The generated ``neck.py`` imports only torch. Its ``Neck`` computes what ``nas.nets.builder``'s
 ``GenotypeNeck`` computes, op for op and in the same order (so outputs are equal, not just
 close), and registers its weights under the builder's names, so either module loads the
 other's ``state_dict``. Its ``forward`` methods hold one statement per node.
@@ -26,9 +26,21 @@ from __future__ import annotations
 import ast
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from nas.genotype import BACKBONE_INPUTS, LEVELS, NUM_INPUTS, Genotype, GenotypeError
+from nas.genotype import (
+    BACKBONE_INPUTS,
+    COMBINES,
+    DOWNSAMPLES,
+    LEVELS,
+    NUM_INPUTS,
+    POSTS,
+    UPSAMPLES,
+    Genotype,
+    GenotypeError,
+    Word,
+)
 
 SAFE_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
 MAX_WIDTH = 1 << 16
@@ -51,7 +63,7 @@ def _int(value: object, low: int = 0, high: int = MAX_WIDTH) -> str:
 
 @dataclass(frozen=True)
 class BuildSettings:
-    """What ``nas.builder.GenotypeNeck`` is built with besides the genotype."""
+    """What ``nas.nets.builder.GenotypeNeck`` is built with besides the genotype."""
 
     in_channels: tuple[int, int, int]
     channels: int
@@ -253,17 +265,15 @@ _POST_FACTORY = {
 }
 _CONV_DOWN_FACTORY = {"conv": "conv_down", "relu_conv": "relu_conv_down"}
 _POOL_FUNCTION = {"max": "maxpool", "subsample": "subsample"}
-_COMBINE_LABEL = {"sum": "sum", "attention": "attention", "weighted": "weighted"}
-_POST_LABEL = {
-    "none": "-",
-    "conv": "conv",
-    "relu_conv": "relu_conv",
-    "swish_sepconv": "swish_sepconv",
-    "aspp": "aspp",
-}
-_DOWN_LABEL = {"max": "max", "subsample": "subsample", "conv": "conv", "relu_conv": "relu_conv"}
-_UP_LABEL = {"nearest": "nearest"}
 _NORM_LABEL = {"bn": "BatchNorm", "gn": "GroupNorm", "none": "none"}
+
+
+def _known(vocabulary: Mapping[str, Word], name: str) -> str:
+    """``name`` when it is a word of ``vocabulary`` (``nas.genotype``); KeyError otherwise, so no
+    text but the vocabulary's own reaches the module."""
+    if name not in vocabulary:
+        raise KeyError(f"unknown op {name!r}")
+    return name
 
 
 # --- the graph as code ------------------------------------------------------------------------
@@ -494,10 +504,10 @@ def _table(genotype: Genotype) -> list[str]:
                 _int(index),
                 f"P{_int(node.level, 3, 7)}",
                 reads,
-                _COMBINE_LABEL[node.combine] if len(node.inputs) > 1 else "-",
-                _DOWN_LABEL[node.down] if any(level < node.level for level in levels) else "-",
-                _UP_LABEL[node.up] if any(level > node.level for level in levels) else "-",
-                _POST_LABEL[node.post],
+                _known(COMBINES, node.combine) if len(node.inputs) > 1 else "-",
+                _known(DOWNSAMPLES, node.down) if any(level < node.level for level in levels) else "-",
+                _known(UPSAMPLES, node.up) if any(level > node.level for level in levels) else "-",
+                _known(POSTS, node.post) if node.post != "none" else "-",
                 outputs.get(index, "-"),
             )
         )
@@ -626,7 +636,7 @@ def _docstring(genotype: Genotype, build: BuildSettings, facts: Facts) -> list[s
             if facts.has_weights
             else ["Weights: none were exported with this file (no trained checkpoint)."]
         ),
-        "The parameter names are those of nasfpn's builder (``nas.builder.GenotypeNeck``): either",
+        "The parameter names are those of nasfpn's builder (``nas.nets.builder.GenotypeNeck``): either",
         "module loads the other's state_dict as it is.",
         "",
         "Usage, in torchvision's RetinaNet (run it in this folder)::",

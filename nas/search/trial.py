@@ -17,19 +17,19 @@ from typing import Any
 import torch
 from ray import tune
 
-from nas.backbone import backbone_widths
-from nas.cluster import SharedObject
 from nas.genotype import Genotype
-from nas.necks import NeckSpec
-from nas.profile import profile_neck
-from nas.proxy_data import ProxyData
+from nas.nets.backbone import backbone_widths
+from nas.proxy.data import ProxyData
+from nas.proxy.necks import NeckSpec
+from nas.proxy.profile import profile_neck
+from nas.proxy.train import train_proxy
+from nas.search.cluster import SharedObject
 from nas.settings import ProxySettings
-from nas.train import train_proxy
 
 
 def neck_costs(neck: NeckSpec, settings: ProxySettings, image_size: int) -> dict[str, float]:
     """Parameters, FLOPs and single-thread CPU latency (ms; GPU latency too when a GPU is present)
-    of the neck alone at ``image_size`` (``nas.profile.profile_neck``: a neck that runs the
+    of the neck alone at ``image_size`` (``nas.proxy.profile.profile_neck``: a neck that runs the
     backbone, less a plain backbone pass)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: comparable while other trials share the machine

@@ -33,7 +33,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.runs import RunFolder, SearchConfig, interrupted_numbers
+from nas.search.runs import RunFolder, SearchConfig, interrupted_numbers
 
 __all__ = ["write_report"]
 
@@ -326,8 +326,8 @@ def _plot_learning(trials: list[_Trial], config: SearchConfig, multi_objective: 
 
 def _draw_cells(top: list[_Trial], out: Path) -> list[tuple[_Trial, str | None, str]]:
     """Draws each trial's cell; (trial, PNG name or None, why not) per trial."""
-    from nas.draw import draw_genotype
     from nas.genotype import Genotype, GenotypeError
+    from nas.inspect.draw import draw_genotype
 
     drawn = []
     for rank, trial in enumerate(top, 1):

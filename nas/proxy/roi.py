@@ -104,21 +104,32 @@ class SoftRoISelection(nn.Module):
         return (weights * pooled).sum(dim=1)
 
 
+def _fpn_pooling(channels: int, canonical_scale: int, representation: int) -> tuple[nn.Module, nn.Module]:
+    pool = MultiScaleRoIAlign(list(ROI_LEVELS), OUTPUT_SIZE, SAMPLING_RATIO, canonical_scale=canonical_scale)
+    return pool, TwoMLPHead(channels * OUTPUT_SIZE * OUTPUT_SIZE, representation)
+
+
+def _panet_pooling(channels: int, canonical_scale: int, representation: int) -> tuple[nn.Module, nn.Module]:
+    return AllLevelRoIAlign(), AdaptiveFeaturePoolingHead(len(ROI_LEVELS), channels, representation)
+
+
+def _soft_pooling(channels: int, canonical_scale: int, representation: int) -> tuple[nn.Module, nn.Module]:
+    return SoftRoISelection(channels), TwoMLPHead(channels * OUTPUT_SIZE * OUTPUT_SIZE, representation)
+
+
+# One builder a RoI mode (``nas.settings.ROI_MODES``): (channels, canonical scale, representation)
+# -> (box_roi_pool, box_head).
+ROI_POOLINGS = {"fpn": _fpn_pooling, "panet": _panet_pooling, "soft": _soft_pooling}
+
+
 def roi_pooling(
     mode: str, channels: int, canonical_scale: int, representation: int = 256
 ) -> tuple[nn.Module, nn.Module]:
     """``box_roi_pool`` and ``box_head`` for RoI mode ``mode`` on a ``channels``-wide pyramid;
     ``canonical_scale``: the box side ``fpn`` maps to P4."""
-    if mode == "fpn":
-        pool = MultiScaleRoIAlign(
-            list(ROI_LEVELS), OUTPUT_SIZE, SAMPLING_RATIO, canonical_scale=canonical_scale
-        )
-        return pool, TwoMLPHead(channels * OUTPUT_SIZE * OUTPUT_SIZE, representation)
-    if mode == "panet":
-        return AllLevelRoIAlign(), AdaptiveFeaturePoolingHead(len(ROI_LEVELS), channels, representation)
-    if mode == "soft":
-        return SoftRoISelection(channels), TwoMLPHead(channels * OUTPUT_SIZE * OUTPUT_SIZE, representation)
-    raise ValueError(f"unknown RoI mode {mode!r} (known: {', '.join(ROI_MODES)})")
+    if mode not in ROI_POOLINGS:
+        raise ValueError(f"unknown RoI mode {mode!r} (known: {', '.join(ROI_MODES)})")
+    return ROI_POOLINGS[mode](channels, canonical_scale, representation)
 
 
 def one_level_features(head: nn.Module, pooled: Tensor, level: int) -> Tensor:

@@ -18,7 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from nas.settings import BACKBONE_WIDTHS
 
 if TYPE_CHECKING:
-    from nas.necks import NeckSpec
+    from nas.proxy.necks import NeckSpec
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -85,7 +85,7 @@ def profile_neck(
     """
     if not neck.needs_images:
         return _costs(neck.build(in_channels, out_channels), neck_inputs(in_channels, image_size), latency)
-    from nas.backbone import resnet_body
+    from nas.nets.backbone import resnet_body
 
     backbone = backbone or backbone_with_widths(in_channels)
     if backbone is None:

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from nas.runs import count_done, interrupted_numbers
+from nas.search.runs import count_done, interrupted_numbers
 
 
 class LiveView:

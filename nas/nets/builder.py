@@ -21,7 +21,7 @@ from typing import Union
 from torch import Tensor, nn
 
 from nas.genotype import BACKBONE_INPUTS, LEVELS, NUM_INPUTS, Genotype, Node
-from nas.ops import Resample, WeightedFusion, add_all, global_attention, level_sizes, post_op
+from nas.nets.ops import Resample, WeightedFusion, add_all, global_attention, level_sizes, post_op
 
 Features = Union["OrderedDict[str, Tensor]", dict, Sequence[Tensor]]
 OUTPUT_NAMES = tuple(f"P{level}" for level in LEVELS)

@@ -56,7 +56,7 @@ class SearchConfig:
     trials: int = 20
     seed: int = 0
     seed_with: tuple[str, ...] = ()
-    objective: dict[str, Any] = field(default_factory=dict)  # nas.objectives.Objective.to_dict()
+    objective: dict[str, Any] = field(default_factory=dict)  # nas.search.objectives.Objective.to_dict()
     proxy: dict[str, Any] = field(default_factory=dict)  # ProxySettings as a dict
     data: dict[str, str] = field(default_factory=dict)  # train_json, val_json, images
     scheduler: str = "asha"

@@ -9,7 +9,7 @@ does depends on the data, the backbone and the image size. Calibration measures 
 1. A fixed panel of necks (``panel``: no fusion, FPN, PANet, BiFPN, NAS-FPN and a few points of
    the search space drawn at random, seeded) trains at every candidate budget, ``seeds`` seeds
    each, and once (seed 0) at a longer reference budget with the backbone trainable -- as Ray
-   tasks through ``nas.compare.run_jobs``, so finished trainings are kept and a stopped one goes on.
+   tasks through ``nas.search.compare.run_jobs``, so finished trainings are kept and a stopped one goes on.
 2. ``assess`` gives each budget its largest seed std, its separation (FPN - no fusion, Welch's
    one-sided p in the direction the reference has them), Kendall's tau_b of its ranking against
    the reference's, and its seconds a trial; ``choose`` takes the cheapest budget with tau_b >=
@@ -35,10 +35,10 @@ from typing import Any
 import numpy as np
 from scipy.stats import kendalltau, ttest_ind
 
-from nas.compare import Entry, baseline_entry, digest
 from nas.data.coco import CocoDetection
 from nas.errors import UsageError
-from nas.necks import NeckSpec
+from nas.proxy.necks import NeckSpec
+from nas.search.compare import Entry, baseline_entry, digest
 from nas.settings import ProxySettings, budget_of
 from nas.tables import format_table
 
@@ -157,9 +157,9 @@ def run_calibration(
     ``out_dir/jobs`` is not trained again), writes the files; returns the tables and verdict.
 
     ``resources``: trainings at a time, CPUs and GPUs of each."""
-    from nas.cluster import ray_cluster
-    from nas.compare import claim_jobs_folder, run_jobs
-    from nas.proxy_data import prepare_proxy_data
+    from nas.proxy.prepare import prepare_proxy_data
+    from nas.search.cluster import ray_cluster
+    from nas.search.compare import claim_jobs_folder, run_jobs
 
     check_budgets(budgets, reference)
     found = survey(splits[0], settings)

@@ -7,7 +7,7 @@ from typing import Any
 
 from optuna.trial import FrozenTrial, TrialState
 
-from nas.runs import RunFolder, count_done, interrupted_numbers
+from nas.search.runs import RunFolder, count_done, interrupted_numbers
 from nas.tables import format_table
 
 COLUMNS = ("#", "trial", "AP", "AP50", "APs", "APm", "APl", "params", "GFLOPs", "CPU ms", "genotype")

@@ -20,7 +20,17 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 from matplotlib.path import Path as MplPath
 
-from nas.genotype import BACKBONE_INPUTS, CONV_DOWNSAMPLES, LEVELS, NUM_INPUTS, Genotype, Node
+from nas.genotype import (
+    BACKBONE_INPUTS,
+    COMBINES,
+    CONV_DOWNSAMPLES,
+    DOWNSAMPLES,
+    LEVELS,
+    NUM_INPUTS,
+    POSTS,
+    Genotype,
+    Node,
+)
 
 __all__ = ["draw_genotype", "node_table"]
 
@@ -159,14 +169,6 @@ _LINE = 0.17  # between text lines in a box
 _MIN_WIDTH = 8.0  # inches, so that the legend fits under small graphs
 _BOWS = (0.0, 0.25, -0.25, 0.45, -0.45, 0.7, -0.7, 1.0, -1.0)  # tried in order, see _route
 
-_COMBINE_LABELS = {"sum": "+", "attention": "att", "weighted": "w+"}
-_POST_LABELS = {
-    "none": "",
-    "conv": "conv",
-    "relu_conv": "relu-conv",
-    "swish_sepconv": "swish-sep",
-    "aspp": "aspp",
-}
 _EDGE_COLORS = {"up": "#4c72b0", "down": "#dd8452", "same": "#8c8c8c"}
 _INPUT_FACE, _NODE_FACE, _OUTPUT_FACE, _UNUSED_FACE = "#e9e9e9", "#e3eefa", "#cfe2f7", "#f3f3f3"
 _UNUSED_COLOR = "#c8c8c8"  # borders and edges of unused entries
@@ -225,7 +227,7 @@ def _draw_box(
     if index < NUM_INPUTS:
         label, face = role, _INPUT_FACE
     else:
-        label = _COMBINE_LABELS.get(node.combine, node.combine) if len(node.inputs) > 1 else ""
+        label = COMBINES[node.combine].symbol if len(node.inputs) > 1 else ""
         face = _NODE_FACE
     edge, text_color, linewidth, linestyle = "#444444", "#111111", 1.0, "-"
     if role == "absent" or not used:
@@ -257,7 +259,7 @@ def _draw_box(
     )
     ax.add_patch(box)
     # Everything about a node sits inside its box, where no edge runs.
-    post = _POST_LABELS.get(node.post, node.post) if node is not None else ""
+    post = POSTS[node.post].symbol if node is not None else ""
     lines = [
         (str(index), {"fontsize": 10, "weight": "bold"}),
         (label, {"fontsize": 8}),
@@ -312,7 +314,7 @@ def _draw_edge(
         ax.text(
             x,
             y,
-            node.down.replace("_", "-"),
+            DOWNSAMPLES[node.down].symbol,
             ha="center",
             va="center",
             fontsize=7,

@@ -9,8 +9,8 @@ from pathlib import Path
 from torch import nn
 
 from fixed_necks import FIXED_NECKS, FixedNeck
-from nas.builder import GenotypeNeck
 from nas.genotype import Genotype, GenotypeError, Node, load_genotype
+from nas.nets.builder import GenotypeNeck
 
 NO_FUSION = "nofusion"
 

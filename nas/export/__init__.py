@@ -1,0 +1,1 @@
+"""A neck as a standalone module: the exported folder and the code generator."""

@@ -1,0 +1,1 @@
+"""What a run shows: leaderboard, report, dashboard and neck drawings."""
