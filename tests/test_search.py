@@ -180,6 +180,14 @@ def test_resume_with_other_settings_is_refused(
     )
 
 
+def test_a_malformed_space_option_is_a_one_line_usage_error(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["search", "--name", "x", "--runs-dir", str(tmp_path), "--space-options", "cells"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'cells': give NAME=VALUE" in err
+
+
 def test_resume_with_other_space_options_is_refused(
     tmp_path: Path, tiny_dataset: Path, backbone_checkpoint: Path, capsys
 ) -> None:
@@ -226,7 +234,6 @@ def test_scalar_reward_is_mnasnet_style_against_fpn(
         (["--seed-with", "fpn"], "--seed-with fpn: not a point of the nasfpn space"),
         (["--space", "fusion", "--space-options", "cells=6"], "search space 'fusion' has no option 'cells'"),
         (["--space-options", "cells=3"], "cells must be an integer >= 5"),
-        (["--space-options", "cells"], "'cells': give NAME=VALUE"),
     ],
 )
 def test_impossible_search_options_are_one_line_errors(
