@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from nas.errors import GenotypeError, NasfpnError, UsageError
+from nas.errors import NasfpnError, UsageError
 from nas.settings import BACKBONE_WIDTHS, BUDGETS, DETECTORS, ROI_MODES, ProxySettings
 from nas.tables import format_table
 
@@ -278,10 +278,9 @@ def _add_training_resources(parser: argparse.ArgumentParser) -> None:
 
 def _training_resources(args: argparse.Namespace) -> tuple[int, float, float]:
     """Trainings at a time, CPUs and GPUs of each, from ``_add_training_resources``' options."""
-    import torch
+    from nas.search.cluster import trial_resources
 
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
-    return args.workers or _default_workers(args.cpus_per_trial, gpus), args.cpus_per_trial, gpus
+    return trial_resources(args.workers, args.cpus_per_trial, args.gpus_per_trial)
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -474,14 +473,35 @@ def _train(args: argparse.Namespace) -> None:
 
 def _search(args: argparse.Namespace) -> int | None:
     from nas.inspect.leaderboard import best_trial, leaderboard
+    from nas.search.configure import SearchRequest, search_config
     from nas.search.driver import run_search
     from nas.search.runs import RunFolder
 
     run = RunFolder(args.runs_dir / args.name)
-    calibration = _calibration(args)
-    config = (
-        _resumed_config(run, args) if run.exists() else replace(_new_config(args), calibration=calibration)
+    calibration = _calibration(args)  # first: it sets args.budget
+    request = SearchRequest(
+        name=args.name,
+        splits=lambda: load_datasets(args),
+        data_given=any(x is not None for x in (args.data, args.train_json, args.val_json, args.images)),
+        proxy=proxy_settings(args),
+        space=args.space,
+        space_options=args.space_options,
+        controller=args.controller,
+        seed=args.seed,
+        objective=args.objective,
+        reward=args.reward,
+        cost_target=args.cost_target,
+        seed_with=args.seed_with,
+        storage=args.storage,
+        calibration=calibration,
+        trials=args.trials,
+        workers=args.workers,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        scheduler=args.scheduler,
+        on_cluster=args.address is not None,
     )
+    config = search_config(run, request)
     resume = f"nasfpn search --name {args.name}" + (
         f" --runs-dir {args.runs_dir}" if args.runs_dir != Path("runs") else ""
     )
@@ -550,141 +570,6 @@ def _calibrate(args: argparse.Namespace) -> None:
         raise
     print(text)
     print(f"wrote {args.out}/calibration.md, calibration.csv, calibration.png, calibration.json")
-
-
-def _new_config(args: argparse.Namespace):
-    import torch
-
-    from nas.search.objectives import Objective
-    from nas.search.runs import COST_IMAGE_SIZE, SearchConfig
-    from search_spaces import get_space
-
-    space_name = args.space or "nasfpn"
-    options = args.space_options or {}
-    try:
-        space = get_space(space_name, **options)
-    except ValueError as e:
-        raise UsageError(f"--space {space_name}: {e}") from None
-    controller = args.controller or "rl"
-    try:
-        objective = Objective.parse(args.objective or "ap", args.reward, controller, args.cost_target)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    settings = proxy_settings(args)
-    if objective.needs_target():
-        from nas.proxy.necks import resolve_neck
-        from nas.search.trial import neck_costs
-
-        fpn_costs = neck_costs(resolve_neck("fpn"), settings, COST_IMAGE_SIZE)
-        objective = replace(objective, target=float(fpn_costs[objective.cost_key]))
-    seed_with = tuple(n.strip() for n in args.seed_with.split(",") if n.strip()) if args.seed_with else ()
-    for name in seed_with:
-        from nas.proxy.necks import resolve_neck
-
-        genotype = resolve_neck(name).genotype
-        if genotype is None:
-            raise UsageError(f"--seed-with {name}: a hand-written neck without a genotype, in no space")
-        try:
-            space.encode(genotype)
-        except GenotypeError as e:
-            raise UsageError(f"--seed-with {name}: not a point of the {space_name} space: {e}") from None
-    train, val = load_datasets(args)
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else float(torch.cuda.is_available())
-    if gpus > 0 and not torch.cuda.is_available() and args.address is None:
-        raise UsageError(f"--gpus-per-trial {gpus}: this machine has no GPU")
-    return SearchConfig(
-        name=args.name,
-        space=space_name,
-        space_options=options,
-        controller=controller,
-        trials=args.trials or 20,
-        seed=args.seed or 0,
-        seed_with=seed_with,
-        objective=objective.to_dict(),
-        proxy=asdict(settings),
-        data=_data_paths(train, val),
-        scheduler=args.scheduler,
-        workers=args.workers or _default_workers(args.cpus_per_trial, gpus),
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=gpus,
-        storage=args.storage,
-    )
-
-
-def _data_paths(train: CocoDetection, val: CocoDetection) -> dict[str, str]:
-    return {
-        "train_json": str(Path(train.annotation_file).resolve()),
-        "train_images": str(Path(train.images_dir).resolve()),
-        "val_json": str(Path(val.annotation_file).resolve()),
-        "val_images": str(Path(val.images_dir).resolve()),
-    }
-
-
-def _default_workers(cpus_per_trial: float, gpus_per_trial: float) -> int:
-    import os
-
-    import torch
-
-    if gpus_per_trial > 0:
-        return max(1, int(torch.cuda.device_count() / gpus_per_trial))
-    return max(1, int((os.cpu_count() or 1) / cpus_per_trial))
-
-
-def _resumed_config(run, args: argparse.Namespace):
-    """The saved config, with the options that may change on resume; a conflicting option is an error."""
-    try:
-        saved = run.load_config()
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    asked = {
-        "space": args.space,
-        "space-options": args.space_options,
-        "controller": args.controller,
-        "seed": args.seed,
-        "objective": args.objective,
-        "reward": args.reward,
-        "cost-target": args.cost_target,
-        "seed-with": args.seed_with,
-        "storage": args.storage,
-    }
-    given = [f"--{k}" for k, v in asked.items() if v is not None and not _same_as_saved(k, v, saved)]
-    requested, defaults = asdict(proxy_settings(args)), asdict(ProxySettings())
-    given += [
-        f"proxy {k}={requested[k]!r}"
-        for k in requested
-        if requested[k] != defaults[k] and requested[k] != saved.proxy.get(k)
-    ]
-    if any(x is not None for x in (args.data, args.train_json, args.val_json, args.images)):
-        if _data_paths(*load_datasets(args)) != saved.data:
-            given.append("the data options")
-    if given:
-        raise UsageError(
-            f"{run.path} exists and was started with other settings ({', '.join(given)}): "
-            f"resume without them, or start a new --name"
-        )
-    return replace(
-        saved,
-        trials=args.trials or saved.trials,
-        workers=args.workers or saved.workers,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial if args.gpus_per_trial is not None else saved.gpus_per_trial,
-        scheduler=args.scheduler,
-    )
-
-
-def _same_as_saved(key: str, value, saved) -> bool:
-    current = {
-        "space": saved.space,
-        "space-options": saved.space_options,
-        "controller": saved.controller,
-        "seed": saved.seed,
-        "objective": "ap" if not saved.objective.get("cost") else f"ap,{saved.objective['cost']}",
-        "reward": saved.objective.get("form"),
-        "cost-target": saved.objective.get("target"),
-        "seed-with": ",".join(saved.seed_with),
-        "storage": saved.storage,
-    }[key]
-    return value == current
 
 
 def _compare(args: argparse.Namespace) -> None:

@@ -46,6 +46,22 @@ def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
     handler(signal.SIGINT, frame)
 
 
+def trial_resources(
+    workers: int | None, cpus_per_trial: float, gpus_per_trial: float | None
+) -> tuple[int, float, float]:
+    """Trainings at a time, CPUs and GPUs of each, with the defaults filled in: a whole GPU a
+    training where this machine has one, and as many at a time as its CPUs (or GPUs) hold."""
+    import os
+
+    import torch
+
+    gpus = gpus_per_trial if gpus_per_trial is not None else float(torch.cuda.is_available())
+    if workers is None:
+        held = torch.cuda.device_count() / gpus if gpus > 0 else (os.cpu_count() or 1) / cpus_per_trial
+        workers = max(1, int(held))
+    return workers, cpus_per_trial, gpus
+
+
 class SharedObject(Generic[T]):
     """A value put in Ray's object store once and deserialised at most once per worker process.
 

@@ -81,9 +81,6 @@ class SearchConfig:
         data["seed_with"] = tuple(data.get("seed_with", ()))
         return cls(**data)
 
-    # Settings that define the search: changing one on resume would mix two searches in one study.
-    FIXED_ON_RESUME = ("space", "space_options", "controller", "seed", "objective", "proxy", "data")
-
 
 class RunFolder:
     """``runs/NAME``: paths, the saved config and the study."""
