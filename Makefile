@@ -28,13 +28,14 @@ browser:
 			chromium chromium-driver fonts-liberation; \
 	fi
 
-# Style first (seconds), then the suite: a tree that fails ruff fails the test command too.
+# Style and types first (a minute), then the suite: a tree that fails them fails the test command too.
 test: lint browser
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 # The main job: the embedded dataset, then a NAS-FPN-space search with the RL controller on
 # the default proxy (about 20 minutes on 2 CPU cores). Run again, it resumes or shows the result.
