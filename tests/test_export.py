@@ -26,7 +26,8 @@ from optuna.trial import TrialState
 from fixed_necks import FIXED_NECKS
 from nas.cli import main
 from nas.export.bundle import NECK_PREFIX, ExportSource, export
-from nas.export.codegen import BuildSettings, Facts, check_source, generate
+from nas.export.codegen import BuildSettings, Facts, generate
+from nas.export.safety import check_source
 from nas.genotype import NUM_INPUTS, Genotype, GenotypeError, Node
 from nas.nets.builder import GenotypeNeck
 from nas.proxy.necks import NeckSpec

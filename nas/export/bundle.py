@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from nas.errors import UsageError
-from nas.export.codegen import BuildSettings, Facts, generate, safe_label
+from nas.export.codegen import BuildSettings, Facts, generate
+from nas.export.safety import safe_label
 from nas.genotype import NUM_INPUTS, Genotype, GenotypeError, load_genotype
 from nas.nets.builder import GenotypeNeck
 from nas.proxy.profile import count_flops, count_parameters, neck_inputs
