@@ -72,9 +72,12 @@ class ResidualFeatureAugmentation(nn.Module):
 
     def forward(self, c5: Tensor) -> Tensor:
         size = c5.shape[-2:]
+        height, width = size
         branches = []
         for ratio, reduce in zip(self.ratios, self.reduce):
-            pooled = F.adaptive_avg_pool2d(c5, [max(1, math.floor(ratio * s)) for s in size])
+            pooled = F.adaptive_avg_pool2d(
+                c5, (max(1, math.floor(ratio * height)), max(1, math.floor(ratio * width)))
+            )
             branches.append(F.interpolate(reduce(pooled), size=size, mode="bilinear", align_corners=False))
         return self.fusion(branches)
 

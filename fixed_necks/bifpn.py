@@ -36,7 +36,7 @@ class FusionNode(nn.Module):
     """Resample each input to ``level``, fuse by fast normalised fusion, swish-sepconv-BN."""
 
     def __init__(
-        self, widths: Sequence[int], levels: Sequence[int], level: int, channels: int, norm: str
+        self, widths: Sequence[int], levels: Sequence[int], level: int, channels: int, norm: str | None
     ) -> None:
         super().__init__()
         self.fuse = WeightedFusion(len(widths))
@@ -52,7 +52,7 @@ class FusionNode(nn.Module):
 class BiFPNLayer(nn.Module):
     """One bidirectional layer: P3..P7 (pool entries 0..4) -> P3_out..P7_out."""
 
-    def __init__(self, widths: Sequence[int], channels: int, norm: str) -> None:
+    def __init__(self, widths: Sequence[int], channels: int, norm: str | None) -> None:
         super().__init__()
         widths = list(widths) + [channels] * len(BIFPN_NODES)
         levels = [3, 4, 5, 6, 7] + [level for level, _ in BIFPN_NODES]

@@ -30,7 +30,7 @@ normalised images (N, 3, H, W) in, OrderedDict P3..P7 of ``out_channels`` out.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -75,9 +75,10 @@ class RFP(nn.Module):
     ) -> None:
         super().__init__()
         check_resnet_body(body)
+        assert isinstance(body, nn.ModuleDict)  # as check_resnet_body made sure
         if steps < 1:
             raise ValueError(f"steps must be at least 1, got {steps}")
-        self.body = body
+        self.body: nn.ModuleDict = body
         self.fpn = FPN(in_channels, out_channels, "p6p7", norm)
         self.aspp = ASPP(out_channels, out_channels, norm)
         self.feedback = nn.ModuleList(nn.Conv2d(out_channels, c, 1) for c in in_channels)
@@ -123,7 +124,9 @@ class RFP(nn.Module):
         of C_{k+3}) is added inside the stage's first block."""
         features = []
         for k, name in enumerate(STAGES):
-            first, *rest = self.body[name]
+            blocks = self.body[name]
+            assert isinstance(blocks, Iterable)  # a ResNet layer: check_resnet_body went through its blocks
+            first, *rest = blocks
             x = first(x) if feedback is None else block_with_feedback(first, x, feedback[k])
             for block in rest:
                 x = block(x)
@@ -155,7 +158,10 @@ def check_resnet_body(body: nn.Module) -> None:
     """ValueError unless ``body`` is a torchvision ResNet cut after layer4, as ``resnet_body`` makes."""
     names = [name for name in body.keys() if name != CONTEXT] if isinstance(body, nn.ModuleDict) else []
     if names[-len(STAGES) :] != list(STAGES) or not all(
-        isinstance(block, BasicBlock | Bottleneck) for name in STAGES for block in body[name]
+        # body is a ModuleDict here (names holds its stages), which the checker cannot follow
+        isinstance(block, BasicBlock | Bottleneck)
+        for name in STAGES
+        for block in body[name]  # type: ignore[index]
     ):
         raise ValueError(
             "RFP feeds back into a torchvision ResNet body ending in layer2..layer4 of BasicBlock or "

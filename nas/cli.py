@@ -521,6 +521,7 @@ def _search(args: argparse.Namespace) -> int | None:
         genotype = run.trial_dir(best.number) / "genotype.json"
         print(f"  nasfpn necks show {genotype} --png best.png    # the best cell, drawn")
         print(f"  nasfpn train --neck {genotype} --budget full    # the best cell, trained longer")
+    return None
 
 
 def _calibration(args: argparse.Namespace) -> dict[str, str]:

@@ -61,7 +61,8 @@ class TrialChooser(Chooser):
         self.trial = trial
 
     def choose(self, name: str, choices: Sequence[Choice], where: str, wanted: GenotypeField) -> Choice:
-        return self.trial.suggest_categorical(name, list(choices))
+        # optuna types the pick from a list of ints and strings as any categorical value
+        return self.trial.suggest_categorical(name, list(choices))  # type: ignore[return-value]
 
     def fixed(self, where: str, what: str, value: T, actual: GenotypeField, reason: str) -> T:
         return value

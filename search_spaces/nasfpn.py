@@ -29,6 +29,7 @@ from nas.genotype import LEVELS, NUM_INPUTS, Genotype, Node
 from search_spaces.base import (
     MAX_POOLED_EXTRA_LEVELS,
     Chooser,
+    GenotypeField,
     SearchSpace,
     check_int,
     fix_outputs,
@@ -87,7 +88,7 @@ class NasFpnSpace(SearchSpace):
                 where,
                 "the number of inputs",
                 2,
-                lambda g, k=k: len(g.nodes[k].inputs),
+                _input_count(k),
                 "a merging cell reads two",
             )
             inputs = pick_distinct(chooser, (f"cell{k}_input1", f"cell{k}_input2"), range(index), where, k)
@@ -117,3 +118,8 @@ class NasFpnSpace(SearchSpace):
         outputs = [NUM_INPUTS + first_output + OUTPUT_LEVELS.index(level) for level in LEVELS]
         fix_outputs(chooser, outputs, "the outputs are the last five cells")
         return Genotype.create(nodes, outputs, extra)
+
+
+def _input_count(position: int) -> GenotypeField:
+    """Reads how many inputs the genotype's node at ``position`` has."""
+    return lambda genotype: len(genotype.nodes[position].inputs)

@@ -218,7 +218,7 @@ def render(
             visible[i] = float((alpha * (1.0 - cover[region])).sum()) / layer.total_alpha
         cover[region] = 1.0 - (1.0 - cover[region]) * (1.0 - alpha)
 
-    annotations = []
+    annotations: list[dict[str, Any]] = []
     for i, layer in enumerate(layers):
         alpha, region = layer.clipped(size)
         under = canvas[region]
@@ -300,7 +300,8 @@ def _generate(root: Path, args: dict[str, int], workers: int) -> None:
     for split in SPLITS:
         folder = root / "images" / split
         folder.mkdir(parents=True)
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         for index, (objects, tags) in enumerate(_render_split(folder, split, args, workers)):
             image_id = index + 1
             file_name = f"{split}/{_image_name(index)}"
@@ -553,7 +554,8 @@ def _objects(rng: np.random.Generator, size: int, theme: int) -> list[_Layer]:
     # pass for a bar.
     reach = extent * 0.6 + rng.uniform(0.0, 0.2 * size, 2)
     flip = rng.random(2) < 0.5
-    centre = tuple(float(size - r if f else r) for r, f in zip(reach, flip))
+    cx, cy = (float(size - r if f else r) for r, f in zip(reach, flip))
+    centre = (cx, cy)
     texture = ("striped", "checked")[int(rng.integers(2))]
     category = CATEGORIES.index(f"plate_{texture}") + 1
     coarse = f"plate_{THEMES[theme]}"
@@ -582,7 +584,8 @@ def _objects(rng: np.random.Generator, size: int, theme: int) -> list[_Layer]:
         extent = _extent(rng, *(e * scale for e in TOKEN_EXTENT))
         r = extent / 2
         for _attempt in range(30):  # rejection sampling; a scene without room gets fewer tokens
-            centre = tuple(rng.uniform(r, size - r, 2))
+            cx, cy = rng.uniform(r, size - r, 2)
+            centre = (cx, cy)
             layer = _layer(rng, "disc", extent, centre, 3.0, category=token, coarse="token", texture="solid")
             if box_gap(layer.box, plate.box) >= CONTEXT_GAP * scale and all(
                 box_gap(layer.box, t) >= 1.0 for t in taken
@@ -607,10 +610,10 @@ def _distractor(rng: np.random.Generator, kind: str, extent: float, cx: float, c
     if kind == "arc":  # a partial ring
         start = rng.uniform(0, 360)
         span = rng.uniform(60, 180)  # no more than half: a longer arc passes for a ring
-        width = max(1.0, r * rng.uniform(0.1, 0.4))
+        thickness = max(1.0, r * rng.uniform(0.1, 0.4))
         box = (cx - r, cy - r, cx + r, cy + r)
         return lambda d, p, ss: d.arc(
-            [*p(*box[:2]), *p(*box[2:])], start, start + span, fill=255, width=max(1, round(width * ss))
+            [*p(*box[:2]), *p(*box[2:])], start, start + span, fill=255, width=max(1, round(thickness * ss))
         )
     if kind == "blob":  # a few overlapping random ellipses
         parts = []
@@ -680,7 +683,8 @@ def _contrasting(rng: np.random.Generator, under: float, low: float = 0.15, high
     return _colour(rng, target)
 
 
-def _grid(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _grid(shape: tuple[int, int]) -> np.ndarray:
+    """(2, h, w): each pixel's row, then its column (unpack as ``yy, xx``)."""
     h, w = shape
     return np.mgrid[0:h, 0:w].astype(np.float32)
 
@@ -745,7 +749,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     along = xx * math.cos(angle) + yy * math.sin(angle)
     t = ((along - along.min()) / max(float(np.ptp(along)), 1.0))[..., None]
     canvas = a * (1.0 - t) + b * t
-    textures: Sequence[int] = rng.permutation(3)[: rng.integers(1, 4)]
+    textures = rng.permutation(3)[: rng.integers(1, 4)]
     for texture in textures:
         if texture == 0:
             noise = _value_noise(rng, size, int(rng.integers(3, 17)))

@@ -122,7 +122,7 @@ def _publish(study: optuna.Study, trial: optuna.trial.FrozenTrial, run: RunFolde
             files.insert(0, Path(tmp) / "cell.png")
             draw_genotype(genotype, files[0], title=f"trial {trial.number}")
         ids = {path.name: _upload(storage, study_id, trial_id, store, path) for path in files}
-    if "cell.png" in ids:
+    if genotype is not None:  # its cell.png was drawn and uploaded
         lines += [
             f"![the cell of trial {trial.number}](/artifacts/{study_id}/{trial_id}/{ids['cell.png']})",
             "",

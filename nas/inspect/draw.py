@@ -11,6 +11,7 @@ then the nodes from 5 on. Nodes that reach no output (the builder skips them) ar
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -227,6 +228,7 @@ def _draw_box(
     if index < NUM_INPUTS:
         label, face = role, _INPUT_FACE
     else:
+        assert node is not None  # every entry past the inputs is a cell node
         label = COMBINES[node.combine].symbol if len(node.inputs) > 1 else ""
         face = _NODE_FACE
     edge, text_color, linewidth, linestyle = "#444444", "#111111", 1.0, "-"
@@ -260,7 +262,7 @@ def _draw_box(
     ax.add_patch(box)
     # Everything about a node sits inside its box, where no edge runs.
     post = POSTS[node.post].symbol if node is not None else ""
-    lines = [
+    lines: list[tuple[str, dict[str, Any]]] = [  # text, then Axes.text's keyword arguments
         (str(index), {"fontsize": 10, "weight": "bold"}),
         (label, {"fontsize": 8}),
         (post, {"fontsize": 7, "style": "italic"}),
@@ -309,6 +311,7 @@ def _draw_edge(
         )
     )
     node = _node_of(genotype, b)
+    assert node is not None  # an edge ends at an entry some node makes
     if direction == "down" and node.down in CONV_DOWNSAMPLES:
         x, y = _curve(centres[a], centres[b], bow, samples=3)[1]  # the curve's middle
         ax.text(

@@ -32,7 +32,7 @@ def leaderboard(run: RunFolder, top: int = 10) -> str:
         f"{count_done(study)}/{config.trials} trials done ({len(completed)} complete, "
         f"{pruned} stopped early, {sum(failures.values())} failed)"
     ]
-    rows = [COLUMNS]
+    rows: list[tuple[str, ...]] = [COLUMNS]
     rows += [_row(str(rank), str(t.number), t.user_attrs) for rank, t in enumerate(completed[:top], 1)]
     fpn = run.baseline_metrics()
     if fpn is not None:

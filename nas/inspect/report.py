@@ -329,7 +329,7 @@ def _draw_cells(top: list[_Trial], out: Path) -> list[tuple[_Trial, str | None, 
     from nas.genotype import Genotype, GenotypeError
     from nas.inspect.draw import draw_genotype
 
-    drawn = []
+    drawn: list[tuple[_Trial, str | None, str]] = []
     for rank, trial in enumerate(top, 1):
         name = f"cell_{trial.number:04d}.png"
         try:

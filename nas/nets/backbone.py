@@ -37,7 +37,8 @@ class BackboneWithNeck(nn.Module):
         super().__init__()
         self.body = body
         self.neck = neck
-        self.out_channels: int = neck.out_channels
+        # A plain attribute every neck sets; torch types any module attribute as Tensor | Module.
+        self.out_channels: int = neck.out_channels  # type: ignore[assignment]
 
     def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
         return self.neck(self.body(images))
@@ -71,10 +72,11 @@ class GlobalContext(nn.Module):
             nn.Conv2d(channels, hidden, 1),
             nn.LayerNorm([hidden, 1, 1]),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, channels, 1),
+            last := nn.Conv2d(hidden, channels, 1),
         )
-        nn.init.zeros_(self.transform[-1].weight)
-        nn.init.zeros_(self.transform[-1].bias)
+        assert last.bias is not None  # a Conv2d has one unless told otherwise
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.transform(x.mean((2, 3), keepdim=True))

@@ -108,7 +108,12 @@ class GraphCell(nn.Module):
         for key, node in self.nodes.items():
             index = int(key)
             entries[index] = node(entries, sizes[self.levels[index - NUM_INPUTS]])
-        return [entries[i] for i in self.outputs]
+        outputs = []
+        for i in self.outputs:
+            out = entries[i]
+            assert out is not None  # the genotype's outputs are all computed
+            outputs.append(out)
+        return outputs
 
 
 class GenotypeNeck(nn.Module):
@@ -147,12 +152,13 @@ class GenotypeNeck(nn.Module):
         first_widths = list(in_channels) + [out_channels, out_channels]
         used = genotype.used_entries()
         self.extra_levels = nn.ModuleDict(
-            (
-                str(BACKBONE_INPUTS + k),
-                GraphNode(node, node.inputs, genotype.entry_levels, first_widths, out_channels, norm),
-            )
-            for k, node in enumerate(genotype.extra_levels)
-            if BACKBONE_INPUTS + k in used
+            {
+                str(BACKBONE_INPUTS + k): GraphNode(
+                    node, node.inputs, genotype.entry_levels, first_widths, out_channels, norm
+                )
+                for k, node in enumerate(genotype.extra_levels)
+                if BACKBONE_INPUTS + k in used
+            }
         )
         self.cells = nn.ModuleList(
             GraphCell(genotype, first_widths if r == 0 else [out_channels] * NUM_INPUTS, out_channels, norm)
@@ -166,9 +172,11 @@ class GenotypeNeck(nn.Module):
         for key, node in self.extra_levels.items():
             index = int(key)
             pool[index] = node(pool, sizes[LEVELS[index]])
-        for cell in self.cells:
-            pool = list(cell(pool, sizes))
-        return OrderedDict(zip(OUTPUT_NAMES, pool))
+        outputs: list[Tensor] = []
+        for cell in self.cells:  # at least one
+            outputs = cell(pool, sizes)
+            pool = list(outputs)
+        return OrderedDict(zip(OUTPUT_NAMES, outputs))
 
 
 def build_neck(

@@ -208,7 +208,7 @@ class ProxyDetector(nn.Module):
         self.kind = kind
         self.image_size = image_size
         self._match_cache: dict[int, Tensor] = {}
-        self.detector: nn.Module = DETECTOR_BUILDERS[kind](
+        self.detector: RetinaNet | FasterRCNN = DETECTOR_BUILDERS[kind](
             BackboneWithNeck(body, neck), num_classes + 1, image_size, head_convs, roi or "fpn"
         )
 
@@ -273,6 +273,7 @@ class ProxyDetector(nn.Module):
             neck_inputs = self.backbone_features(inputs) if isinstance(inputs, Tensor) else list(inputs)
         laterals = None
         if self.training and isinstance(self.neck, ConsistentSupervision):
+            assert not isinstance(neck_inputs, Tensor), "a neck with lateral maps is fed C3..C5"
             features, laterals = self.neck.with_laterals(neck_inputs)
         else:
             features = self.neck(neck_inputs)
@@ -311,6 +312,7 @@ class ProxyDetector(nn.Module):
         if laterals is not None:
             pooled = pool_levels(list(laterals.values()), proposals, self.image_size)
             aux = [box_losses(one_level_features(heads.box_head, x, level)) for level, x in enumerate(pooled)]
+            assert isinstance(self.neck, ConsistentSupervision)  # only such a neck gives lateral maps
             weight = self.neck.auxiliary_weight
             losses["aux_loss_classifier"] = weight * sum(c for c, _ in aux)
             losses["aux_loss_box_reg"] = weight * sum(r for _, r in aux)
@@ -330,9 +332,11 @@ class ProxyDetector(nn.Module):
         anchors = model.anchor_generator(images, features)
         per_level = self._anchors_per_level(features)
         if self.training:
+            assert targets is not None, "training needs targets"
             matches = self._matches(targets, anchors, per_level)
             losses = retinanet_loss(model.head, targets, head_outputs, anchors, matches)
             if laterals is not None:
+                assert isinstance(self.neck, ConsistentSupervision)  # only such a neck gives lateral maps
                 maps = list(laterals.values())
                 k = sum(per_level[: len(maps)])  # the laterals' levels come first
                 aux = retinanet_loss(

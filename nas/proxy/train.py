@@ -80,6 +80,7 @@ def train_proxy(
         "resumed_at": resume.step if resume is not None else 0,  # 0: trained in one go
     }
     if out_dir is not None:
+        assert resume is not None  # made above whenever there is an out_dir
         _save(Path(out_dir), model, neck, settings, result, costs)
         writer.close()
         resume.remove()
@@ -243,7 +244,7 @@ def coco_results(
 def _writer(out_dir: str | Path | None, resumed_at: int = 0):
     if out_dir is None:
         return None
-    from tensorboardX import SummaryWriter
+    from tensorboardX import SummaryWriter  # type: ignore[import-untyped]  # it ships no type information
 
     # A resumed training drops the scalars its interrupted run wrote after the saved step.
     return SummaryWriter(str(Path(out_dir) / "tb"), purge_step=resumed_at + 1 if resumed_at else None)

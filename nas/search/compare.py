@@ -245,7 +245,8 @@ def run_jobs(
         shared = SharedObject(data)
         threads = max(1, int(cpus))
         remote = train.options(num_cpus=cpus, num_gpus=gpus)
-        queue, running = list(pending), {}
+        queue = list(pending)
+        running: dict[ray.ObjectRef, tuple[Entry, int]] = {}
         total, finished = len(pending), 0
         resumed = sum(
             ResumeFile(
@@ -319,13 +320,13 @@ def write_results(items: list[Entry], seeds: Sequence[int], settings: ProxySetti
         "CPU ms",
         *(["GPU ms"] if gpu else []),
     ]
-    rows = []
+    rows: list[list[str]] = []
     for e in items:
         label = f"{e.label} (found)" if e.found else e.label
         rows.append(
             [
                 label,
-                *([roi_mode(e.neck, settings)] if two_stage else []),
+                *([roi_mode(e.neck, settings) or "-"] if two_stage else []),
                 str(e.neck.repeats),
                 f"{e.mean('AP') * 100:.1f} ± {e.std('AP') * 100:.1f}",
                 *(e.points(m) for m in METRICS[1:]),

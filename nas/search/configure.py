@@ -90,6 +90,7 @@ def new_config(request: SearchRequest) -> SearchConfig:
     except ValueError as e:
         raise UsageError(str(e)) from None
     if objective.needs_target():
+        assert objective.cost_key is not None  # a target is needed for a cost only
         objective = replace(objective, target=_fpn_cost(request.proxy, objective.cost_key))
     seed_with = tuple(n.strip() for n in (request.seed_with or "").split(",") if n.strip())
     for name in seed_with:

@@ -84,7 +84,9 @@ def run_search(
     rerun = requeue_interrupted(study)
     if not study.trials:
         for name in config.seed_with:
-            study.enqueue_trial(space.encode(resolve_neck(name).genotype), user_attrs={"seeded": name})
+            genotype = resolve_neck(name).genotype
+            assert genotype is not None, "the config's seed_with necks were checked to be in the space"
+            study.enqueue_trial(space.encode(genotype), user_attrs={"seeded": name})
     remaining = config.trials - count_done(study)
     if rerun:
         out(f"resuming {run.path}: {rerun} interrupted trial(s) will be rerun")
@@ -137,6 +139,7 @@ def run_search(
 
 def _baseline_config(run: RunFolder, trial_config: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     fpn: NeckSpec = resolve_neck("fpn")
+    assert fpn.genotype is not None  # FPN is a genotype neck
     return {
         **trial_config(fpn.genotype.to_dict(), str(run.baseline_dir()), fpn.repeats, fpn.norm),
         "number": "fpn",

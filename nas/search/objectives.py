@@ -13,7 +13,7 @@ come in two forms:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from nas.controllers import CONTROLLERS
 
@@ -59,7 +59,7 @@ class Objective:
         return COSTS[self.cost] if self.cost else None
 
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Literal["maximize", "minimize"]]:
         """Optuna study directions."""
         return ["maximize", "minimize"] if self.form == "pareto" and self.cost else ["maximize"]
 
@@ -71,7 +71,7 @@ class Objective:
         ap = float(metrics["AP"])
         if self.cost is None:
             return [ap]
-        cost = float(metrics[self.cost_key])
+        cost = float(metrics[COSTS[self.cost]])
         if self.form == "pareto":
             return [ap, cost]
         assert self.target is not None, "the scalar reward's target is set before the search starts"

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -127,7 +127,10 @@ class RunFolder:
         return config.storage or f"sqlite:///{(self.path / 'study.db').resolve()}"
 
     def open_study(
-        self, config: SearchConfig, directions: list[str], sampler: optuna.samplers.BaseSampler | None = None
+        self,
+        config: SearchConfig,
+        directions: Sequence[Literal["maximize", "minimize"]],
+        sampler: optuna.samplers.BaseSampler | None = None,
     ) -> optuna.Study:
         self.path.mkdir(parents=True, exist_ok=True)
         return _while_initialised_elsewhere(
