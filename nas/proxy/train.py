@@ -244,7 +244,7 @@ def coco_results(
 def _writer(out_dir: str | Path | None, resumed_at: int = 0):
     if out_dir is None:
         return None
-    from tensorboardX import SummaryWriter  # type: ignore[import-untyped]  # it ships no type information
+    from tensorboardX import SummaryWriter
 
     # A resumed training drops the scalars its interrupted run wrote after the saved step.
     return SummaryWriter(str(Path(out_dir) / "tb"), purge_step=resumed_at + 1 if resumed_at else None)
