@@ -62,7 +62,7 @@ class GraphNode(nn.Module):
             slots.append(-1 if r.is_identity else k)
             k += not r.is_identity
         self.slots = tuple(slots)
-        self.post = post_op(node.post, out_channels, norm)
+        self.post = None if node.post == "none" else post_op(node.post, out_channels, norm)
 
     def forward(self, entries: list[Tensor | None], size: list[int]) -> Tensor:
         xs: list[Tensor] = []

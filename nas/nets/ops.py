@@ -7,8 +7,6 @@ so every resample lands exactly on its target level's size.
 
 from __future__ import annotations
 
-from typing import Literal, overload
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -87,16 +85,8 @@ class ASPP(nn.Module):
         return torch.cat([*(branch(x) for branch in self.branches), pooled], dim=1)
 
 
-@overload
-def post_op(
-    kind: Literal["conv", "relu_conv", "swish_sepconv", "aspp"], channels: int, norm: str | None
-) -> nn.Module: ...
-@overload
-def post_op(kind: str, channels: int, norm: str | None) -> nn.Module | None: ...
-def post_op(kind: str, channels: int, norm: str | None) -> nn.Module | None:
-    """What follows a combine (``nas.genotype.POSTS``); None for ``none``."""
-    if kind == "none":
-        return None
+def post_op(kind: str, channels: int, norm: str | None) -> nn.Module:
+    """What follows a combine (``nas.genotype.POSTS`` but ``none``, which is no module)."""
     if kind == "conv":
         return conv_norm(channels, channels, 3, norm=norm)
     if kind == "relu_conv":
