@@ -29,10 +29,14 @@ def backbone_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray cluster for the whole session; yields its address for subprocesses to join."""
+    """One local Ray cluster for the whole session; yields its address for subprocesses to join.
+
+    It declares one GPU, GPU machine or not: Ray schedules GPU shares by the declared resource,
+    and a trial whose torch sees no CUDA trains on the CPU.
+    """
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

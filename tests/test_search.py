@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from optuna.trial import TrialState
 
 from fixed_necks import get_fixed_neck
@@ -93,6 +95,37 @@ def test_each_controller_runs_a_four_trial_search(
     printed = capsys.readouterr().out
     assert "baseline FPN: AP" in printed and "4/4 done" in printed
     assert "FPN" in printed.split("trials done")[-1]  # the leaderboard's reference row
+
+
+def test_gpu_shares_put_two_trainings_on_one_gpu_at_once(
+    ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
+) -> None:
+    """The session's cluster declares one GPU and two CPUs; at 0.5 GPU and 0.5 CPU a training and
+    3 workers, the GPU allows 2 at a time (the CPUs would allow 4)."""
+    args = _search_args("g", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", "random")
+    shares = [
+        "--gpus-per-trial",
+        "0.5",
+        "--cpus-per-trial",
+        "0.5",
+        "--workers",
+        "3",
+        "--address",
+        ray_cluster,
+    ]
+    assert main([*args, *shares, "--trials", "3", "--scheduler", "none"]) == 0
+    spans = []  # every training's (start, end), the FPN baseline's too, from Tune's own records
+    for path in (tmp_path / "g" / "tune").glob("*/result.json"):
+        results = [json.loads(line) for line in path.read_text().splitlines()]
+        spans.append((results[0]["started"], results[-1]["timestamp"]))
+        assert {r["gpus"] for r in results} == {"0"}  # a share of the one GPU
+    assert len(spans) == 4
+    most_at_once = max(sum(s <= start < e for s, e in spans) for start, _ in spans)
+    assert most_at_once == 2
+    cuda = torch.cuda.is_available()
+    trials = _trials(RunFolder(tmp_path / "g"))
+    assert {t.user_attrs["device"] for t in trials} == {"cuda" if cuda else "cpu"}
+    assert capsys.readouterr().out.count("torch sees no CUDA") == (0 if cuda else 1)
 
 
 def test_resume_after_sigkill_loses_and_repeats_nothing(

@@ -112,7 +112,7 @@ def run_search(
 
     baseline = [] if run.baseline_metrics() is not None else [_baseline_config(run, trial_config)]
     budget = budget_of(settings.budget)
-    view = LiveView(study, config.trials, remaining, config.workers, out)
+    view = LiveView(study, config.trials, remaining, config.workers, out, config.gpus_per_trial)
     searcher = StudySearcher(
         study,
         space,

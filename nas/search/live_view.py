@@ -19,7 +19,13 @@ class LiveView:
     """Prints a status line each time a trial (or the FPN baseline) finishes."""
 
     def __init__(
-        self, study: optuna.Study, total: int, remaining: int, workers: int, out: Callable[[str], None]
+        self,
+        study: optuna.Study,
+        total: int,
+        remaining: int,
+        workers: int,
+        out: Callable[[str], None],
+        gpus_per_trial: float = 0.0,
     ) -> None:
         self.study = study
         self.total = total
@@ -29,8 +35,16 @@ class LiveView:
         self.start = time.perf_counter()
         self.finished = 0  # trials finished in this session (for the ETA)
         self.fpn_ap: float | None = None
+        self.gpus_per_trial = gpus_per_trial
+        self.said_cpu_fallback = False
 
     def trial_finished(self, number: Any, result: dict[str, Any], state: str) -> None:
+        if self.gpus_per_trial > 0 and result.get("device") == "cpu" and not self.said_cpu_fallback:
+            self.said_cpu_fallback = True
+            self.out(
+                f"trials get {self.gpus_per_trial:g} GPU each, but torch sees no CUDA where they run "
+                f"(node {result.get('node', '?')}): they train on the CPU"
+            )
         if number == "fpn":
             if "failure" in result:
                 self.out(f"baseline FPN failed: {result['failure']}")

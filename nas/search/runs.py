@@ -8,7 +8,8 @@
     runs/NAME/tune/                Ray Tune's own records
 
 Each Optuna trial records, as user attributes, its ``genotype``, a one-line ``summary``, the AP
-breakdown, ``params``, ``flops``, ``latency_ms`` and, when it failed, the ``failure`` reason.
+breakdown, ``params``, ``flops``, ``latency_ms``, where it ran (``node``, ``gpus``, ``device``,
+``started``) and, when it failed, the ``failure`` reason.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from nas.search.objectives import Objective
 from nas.search.runs import RunFolder
 from search_spaces.base import SearchSpace
 
-RECORDED = (*METRICS, "params", "flops", "latency_ms", "seconds", "step")
+PLACEMENT = ("node", "gpus", "device", "started")  # where a trial ran (nas.search.trial), failed or not
+RECORDED = (*METRICS, "params", "flops", "latency_ms", "seconds", "step", *PLACEMENT)
 
 
 class StudySearcher(Searcher):
@@ -87,13 +88,11 @@ class StudySearcher(Searcher):
         if trial is None:
             return
         if "failure" in result:
-            trial.set_user_attr("failure", result["failure"])
+            _record(trial, result, ("failure", *PLACEMENT))
             state = TrialState.FAIL
             self.study.tell(trial, state=state)
         else:
-            for key in RECORDED:
-                if key in result:
-                    trial.set_user_attr(key, result[key])
+            _record(trial, result, RECORDED)
             if int(result["evaluation"]) < self.evaluations:
                 state = TrialState.PRUNED  # stopped early by the scheduler
                 self.study.tell(trial, state=state)
@@ -108,3 +107,9 @@ class StudySearcher(Searcher):
 
     def restore(self, checkpoint_path: str) -> None:
         pass
+
+
+def _record(trial: optuna.Trial, result: dict[str, Any], keys: Sequence[str]) -> None:
+    for key in keys:
+        if key in result:
+            trial.set_user_attr(key, result[key])

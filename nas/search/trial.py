@@ -1,10 +1,11 @@
 """One search trial on a Ray Tune worker: genotype -> neck -> cost profile -> proxy training.
 
 The trial reports to Tune after each of the proxy's evaluations (``AP``, the breakdown, the
-``evaluation`` count that ASHA's rungs use, and the neck's ``params``, ``flops``,
-``latency_ms``). A trial that raises -- a NaN loss, out of memory, a graph that does not build
--- reports its ``failure`` reason instead of crashing the worker, so the search records it and
-goes on.
+``evaluation`` count that ASHA's rungs use, the neck's ``params``, ``flops``, ``latency_ms``)
+and where it ran: the Ray ``node`` id, the GPU ids Ray gave it (``gpus``, comma-separated), the
+torch ``device`` it trained on and when it ``started`` (seconds since the epoch). A trial that
+raises -- a NaN loss, out of memory, a graph that does not build -- reports its ``failure``
+reason instead of crashing the worker, so the search records it and goes on.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 from ray import tune
 
 from nas.genotype import Genotype
 from nas.nets.backbone import backbone_widths
 from nas.proxy.data import ProxyData
+from nas.proxy.device import default_device
 from nas.proxy.necks import NeckSpec
 from nas.proxy.profile import profile_neck
 from nas.proxy.train import train_proxy
@@ -47,12 +50,15 @@ def run_trial(config: dict[str, Any], data: SharedObject[ProxyData], settings: P
     start = time.perf_counter()
     evaluations = 0
     costs: dict[str, float] = {}
+    placement = _placement()
 
     def report(step: int, metrics: dict[str, float]) -> None:
         nonlocal evaluations
         evaluations += 1
         elapsed = round(time.perf_counter() - start, 2)
-        tune.report({**metrics, **costs, "evaluation": evaluations, "step": step, "seconds": elapsed})
+        tune.report(
+            {**metrics, **costs, **placement, "evaluation": evaluations, "step": step, "seconds": elapsed}
+        )
 
     try:
         genotype = Genotype.from_dict(config["genotype"])
@@ -74,4 +80,16 @@ def run_trial(config: dict[str, Any], data: SharedObject[ProxyData], settings: P
         )
     except Exception as e:  # noqa: BLE001 -- any failure is the trial's outcome, recorded with its reason
         message = str(e).splitlines()[0] if str(e) else ""
-        tune.report({"failure": f"{type(e).__name__}: {message}"[:500], "AP": 0.0, "evaluation": evaluations})
+        failure = f"{type(e).__name__}: {message}"[:500]
+        tune.report({"failure": failure, "AP": 0.0, "evaluation": evaluations, **placement})
+
+
+def _placement() -> dict[str, Any]:
+    """Where this trial runs: Ray node id, the GPU ids Ray gave it, torch's device, start time."""
+    context = ray.get_runtime_context()
+    return {
+        "node": context.get_node_id(),
+        "gpus": ",".join(context.get_accelerator_ids().get("GPU", [])),
+        "device": default_device().type,
+        "started": round(time.time(), 3),
+    }
