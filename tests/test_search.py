@@ -97,6 +97,7 @@ def test_each_controller_runs_a_four_trial_search(
     assert "FPN" in printed.split("trials done")[-1]  # the leaderboard's reference row
 
 
+@pytest.mark.cuda  # runs everywhere; on a GPU machine its trainings use CUDA
 def test_gpu_shares_put_two_trainings_on_one_gpu_at_once(
     ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
 ) -> None:

@@ -61,6 +61,23 @@ def test_quick_trial_end_to_end(
     assert evaluated == {name: metrics[name] for name in evaluated}
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_trial_trains_on_the_gpu_and_its_checkpoint_loads_anywhere(
+    tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+) -> None:
+    settings = _settings(backbone_checkpoint)
+    data = prepare_proxy_data(*_splits(tiny_dataset), settings, tmp_path / "cache", progress=False)
+    torch.cuda.reset_peak_memory_stats()
+    metrics = train_proxy(
+        resolve_neck("fpn"), data, settings, seed=1, out_dir=tmp_path / "run", progress=False
+    )
+    assert torch.cuda.max_memory_allocated() > 0  # the training ran on the GPU
+    assert 0.0 <= metrics["AP"] <= 1.0
+    model = load_checkpoint(tmp_path / "run" / "checkpoint.pt", resolve_neck("fpn"), data, settings)
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
 def test_same_seed_same_ap(tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path) -> None:
     settings = _settings(backbone_checkpoint)
     data = prepare_proxy_data(*_splits(tiny_dataset), settings, tmp_path, progress=False)
