@@ -307,6 +307,34 @@ def test_ctrl_c_or_kill_stops_cleanly_and_says_how_to_resume(
     assert not any(t.state == TrialState.RUNNING for t in _trials(run))
 
 
+def test_sigterm_to_the_whole_process_group_stops_cleanly(
+    spawn, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+) -> None:
+    """What ``timeout`` and batch schedulers send at a time limit: SIGTERM to every process of the
+    search's group. The search starts its own Ray cluster (no --address), held outside it."""
+    args = _search_args("t", tmp_path, tiny_dataset, backbone_checkpoint, "--controller", "random")
+    search = spawn(
+        [sys.executable, "-m", "nas", *args, "--trials", "50", "--workers", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own group, as under timeout; pytest stays out of it
+    )
+    run = RunFolder(tmp_path / "t")
+    deadline = time.monotonic() + 300
+    while TrialState.COMPLETE not in [t.state for t in _trials_while_running(run)]:
+        assert search.poll() is None and time.monotonic() < deadline, search.communicate()[0][-4000:]
+        time.sleep(0.3)
+    os.killpg(search.pid, signal.SIGTERM)
+    output, _ = search.communicate(timeout=120)
+    assert search.returncode == 130, output
+    assert "Resume with: nasfpn search --name t" in output
+    assert "GCS" not in output and "Traceback" not in output
+    assert not any(t.state == TrialState.RUNNING for t in _trials(run))
+    holders = subprocess.run(["pgrep", "-f", "nas.search.local_ray"], capture_output=True, text=True)
+    assert holders.stdout == ""  # the cluster's holder stopped with the search
+
+
 def test_status_of_a_broken_run_folder_is_a_one_line_error(tmp_path: Path, capsys) -> None:
     (tmp_path / "config.json").write_text("{broken")
     assert main(["status", str(tmp_path)]) == 2

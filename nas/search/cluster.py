@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import select
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, Generic, TypeVar
+from typing import IO, Any, Generic, TypeVar
 
 T = TypeVar("T")
 _fetched: dict[str, Any] = {}  # this worker process's fetched shared values, by object id
@@ -16,7 +20,7 @@ _fetched: dict[str, Any] = {}  # this worker process's fetched shared values, by
 @contextmanager
 def ray_cluster(address: str | None = None) -> Iterator[None]:
     """Uses the Ray session already open in this process, else joins ``address``, else starts a
-    local cluster; what it started, it stops.
+    local cluster (``local_cluster``); what it started, it stops.
 
     Meanwhile SIGTERM (``kill``, a batch system's time limit) stops the work as Ctrl-C does --
     finished work kept, the resume command printed -- where Ray's own handler would abort the
@@ -29,13 +33,54 @@ def ray_cluster(address: str | None = None) -> Iterator[None]:
         return
     # Ray's start-up notices (token auth, local instance) are not the user's business.
     logging.getLogger("ray").setLevel(logging.ERROR)
-    ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    rays_handler = signal.signal(signal.SIGTERM, _as_ctrl_c)
-    try:
+    with contextlib.ExitStack() as stack:
+        if address is None:
+            address = stack.enter_context(local_cluster())
+        ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+        stack.callback(ray.shutdown)
+        rays_handler = signal.signal(signal.SIGTERM, _as_ctrl_c)
+        stack.callback(signal.signal, signal.SIGTERM, rays_handler)
         yield
+
+
+@contextmanager
+def local_cluster(timeout: float = 120.0) -> Iterator[str]:
+    """A local Ray cluster held by a process of its own session (``nas.search.local_ray``);
+    yields its address, and stops it on leaving.
+
+    Ray's processes are children of whoever starts them and share its process group. Started
+    by the driver, they died with it when SIGTERM went to the whole group -- as ``timeout`` and
+    batch schedulers send it -- and the driver, left without its cluster, could not stop
+    cleanly (measured: 60 s waiting for the GCS, Ray's fatal error, exit 1, no resume line).
+    The holder is outside that group; it stops the cluster when its stdin closes, which also
+    happens when the driver dies without a word (SIGKILL).
+    """
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "nas.search.local_ray"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert holder.stdin is not None and holder.stdout is not None
+    try:
+        address = _first_line(holder.stdout, timeout)
+        if not address:
+            raise RuntimeError(f"the local Ray cluster did not start (exit status {holder.wait()})")
+        yield address
     finally:
-        signal.signal(signal.SIGTERM, rays_handler)
-        ray.shutdown()
+        holder.stdin.close()
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+
+
+def _first_line(stream: IO[str], timeout: float) -> str:
+    """The first line of ``stream`` without its newline; "" if none comes within ``timeout`` s."""
+    ready, _, _ = select.select([stream], [], [], timeout)
+    return stream.readline().strip() if ready else ""
 
 
 def _as_ctrl_c(signum: int, frame: FrameType | None) -> None:
