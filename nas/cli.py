@@ -268,12 +268,13 @@ def _add_search_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _add_training_resources(parser: argparse.ArgumentParser) -> None:
-    """--workers, --cpus-per-trial, --gpus-per-trial of commands that train necks as Ray tasks."""
+    """--workers, --cpus-per-trial, --gpus-per-trial, --address of commands that train necks as Ray tasks."""
     parser.add_argument(
         "--workers", type=_positive, help="trainings at a time (default: CPUs / cpus-per-trial)"
     )
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--gpus-per-trial", type=float, help="GPU share of a training (default 1 with a GPU)")
+    parser.add_argument("--address", help="join this Ray cluster (default: start a local one)")
 
 
 def _training_resources(args: argparse.Namespace) -> tuple[int, float, float]:
@@ -560,6 +561,7 @@ def _calibrate(args: argparse.Namespace) -> None:
             args.out,
             _training_resources(args),
             args.cache_dir,
+            address=args.address,
             out=_progress,
         )
     except KeyboardInterrupt:
@@ -620,7 +622,16 @@ def _compare(args: argparse.Namespace) -> None:
     seeds = list(range(args.seeds))
     measure_costs(items, settings)
     try:
-        run_jobs(items, seeds, data, settings, out_dir, *_training_resources(args), out=_progress)
+        run_jobs(
+            items,
+            seeds,
+            data,
+            settings,
+            out_dir,
+            *_training_resources(args),
+            address=args.address,
+            out=_progress,
+        )
     except KeyboardInterrupt:
         print(
             f"stopped; finished trainings are kept in {out_dir}/jobs and stopped ones go on from their "

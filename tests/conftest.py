@@ -36,7 +36,14 @@ def ray_cluster():
     """
     import ray
 
-    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(
+        address="local",  # not the multi-node cluster of tests/ray_nodes.py, whatever runs first
+        num_cpus=2,
+        num_gpus=1,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,18 @@ SAVE_EVERY = 120.0  # seconds: at most this much training is lost
 
 
 class ResumeFile:
-    """The saved state of the training ``key`` at ``path``; ``state`` is None when there is none."""
+    """The saved state of the training ``key`` at ``path``; ``state`` is None when there is none.
+    ``on_save`` is called after each save."""
 
-    def __init__(self, path: str | Path, key: dict[str, Any], every: float = SAVE_EVERY) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        key: dict[str, Any],
+        every: float = SAVE_EVERY,
+        on_save: Callable[[], None] = lambda: None,
+    ) -> None:
         self.path = Path(path)
+        self.on_save = on_save
         self.key = json.loads(json.dumps(key))  # tuples become lists, as they come back from disk
         self.every = every
         self.state = self._load()
@@ -90,6 +99,7 @@ class ResumeFile:
         torch.save(state, partial)
         os.replace(partial, self.path)
         self._last_save = time.monotonic()
+        self.on_save()
 
     def remove(self) -> None:
         """The training finished: its state is no longer needed."""

@@ -48,6 +48,7 @@ def train_proxy(
     progress: bool = True,
     costs: dict[str, float] | None = None,
     save_every: float = SAVE_EVERY,
+    files_changed: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Trains ``neck`` in the proxy detector; returns AP, AP50, AP75, APs, APm, APl and timings.
 
@@ -55,20 +56,28 @@ def train_proxy(
     state_dict) and TensorBoard scalars under ``tb/``; while training, its state every
     ``save_every`` seconds to ``resume.pt``, from which a later call for the same training goes on
     (and which it removes when done). ``report`` hears the last evaluation only after the files
-    are written: a scheduler may stop the trial at any report.
+    are written: a scheduler may stop the trial at any report. ``files_changed`` is called
+    whenever the files in ``out_dir`` changed -- an evaluation, a saved state, the final files --
+    before ``report`` hears of it (a training on another node sends them on, ``nas.search.artifacts``).
     """
     budget = budget_of(settings.budget)
     torch.manual_seed(seed)
     model = build_proxy_model(neck, data, settings)
+    changed = files_changed or (lambda: None)
     resume = None
     if out_dir is not None:
         key = training_key(neck, data, settings, seed)
-        resume = ResumeFile(Path(out_dir) / RESUME_FILE, key, save_every)
+        resume = ResumeFile(Path(out_dir) / RESUME_FILE, key, save_every, on_save=changed)
     writer = _writer(out_dir, resume.step if resume is not None else 0)
     start = time.monotonic()
 
     def interim(step: int, metrics: dict[str, float]) -> None:
-        if report is not None and step < budget.steps:
+        if step >= budget.steps:
+            return  # the last evaluation is reported once the final files are written
+        if writer is not None:
+            writer.flush()
+            changed()
+        if report is not None:
             report(step, metrics)
 
     metrics = fit(model, data, settings, budget, seed, interim, writer, progress, neck.name, resume)
@@ -84,6 +93,7 @@ def train_proxy(
         _save(Path(out_dir), model, neck, settings, result, costs)
         writer.close()
         resume.remove()
+        changed()
     if report is not None:
         report(budget.steps, metrics)
     return result

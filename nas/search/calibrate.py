@@ -151,12 +151,13 @@ def run_calibration(
     out_dir: Path,
     resources: tuple[int, float, float],
     cache_dir: Path,
+    address: str | None = None,
     out: Callable[[str], None] = print,
 ) -> str:
     """Surveys the data, trains the panel at every budget and at the reference (what is kept in
     ``out_dir/jobs`` is not trained again), writes the files; returns the tables and verdict.
 
-    ``resources``: trainings at a time, CPUs and GPUs of each."""
+    ``resources``: trainings at a time, CPUs and GPUs of each; ``address``: a Ray cluster to join."""
     from nas.proxy.prepare import prepare_proxy_data
     from nas.search.cluster import ray_cluster
     from nas.search.compare import claim_jobs_folder, run_jobs
@@ -172,7 +173,7 @@ def run_calibration(
         claim_jobs_folder(out_dir, budget_settings, *jsons)
     data = prepare_proxy_data(*splits, settings, cache_dir)
     trained: dict[str, list[Entry]] = {}
-    with ray_cluster():
+    with ray_cluster(address):
         for budget_settings, budget_seeds in plan:
             entries = panel(settings.detector, random_points, space)
             trainable = data if budget_settings.freeze_backbone else replace(data, features=None)

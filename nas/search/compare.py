@@ -43,6 +43,7 @@ from nas.proxy.necks import NeckSpec, resolve_neck
 from nas.proxy.profile import profile_neck
 from nas.proxy.resume import RESUME_FILE, ResumeFile
 from nas.proxy.train import roi_mode, training_key
+from nas.search.artifacts import Outbox, folder_writer
 from nas.search.cluster import SharedObject, ray_cluster
 from nas.search.runs import COST_IMAGE_SIZE, RunFolder
 from nas.settings import ROI_MODES, ProxySettings
@@ -207,9 +208,11 @@ def run_jobs(
     workers: int,
     cpus: float,
     gpus: float,
+    address: str | None = None,
     out: Print = print,
 ) -> None:
-    """Trains every (entry, seed) not trained yet, ``workers`` at a time on Ray."""
+    """Trains every (entry, seed) not trained yet, ``workers`` at a time on Ray (the cluster at
+    ``address``, or the session open in this process, or a local one)."""
     import ray
 
     out_dir = out_dir.resolve()  # the tasks may run in another working folder
@@ -222,14 +225,23 @@ def run_jobs(
 
     @ray.remote
     def train(
-        neck: NeckSpec, seed: int, path: str, data: SharedObject[ProxyData], threads: int
+        neck: NeckSpec, seed: int, path: str, data: SharedObject[ProxyData], threads: int, folders: Any
     ) -> dict[str, Any]:
         import torch
 
         from nas.proxy.train import train_proxy
 
         torch.set_num_threads(threads)
-        return train_proxy(neck, data.get(), settings, seed=seed, out_dir=path, progress=False)
+        outbox = Outbox(folders, path, fetch=[RESUME_FILE])
+        return train_proxy(
+            neck,
+            data.get(),
+            settings,
+            seed=seed,
+            out_dir=outbox.path,
+            progress=False,
+            files_changed=outbox.send,
+        )
 
     pending = []
     for entry in items:
@@ -241,8 +253,9 @@ def run_jobs(
             pending.append((entry, seed))
     if not pending:
         return
-    with ray_cluster():
+    with ray_cluster(address):
         shared = SharedObject(data)
+        folders = folder_writer()
         threads = max(1, int(cpus))
         remote = train.options(num_cpus=cpus, num_gpus=gpus)
         queue = list(pending)
@@ -264,7 +277,7 @@ def run_jobs(
             while queue or running:
                 while queue and len(running) < workers:
                     entry, seed = queue.pop(0)
-                    ref = remote.remote(entry.neck, seed, str(job_dir(entry, seed)), shared, threads)
+                    ref = remote.remote(entry.neck, seed, str(job_dir(entry, seed)), shared, threads, folders)
                     running[ref] = (entry, seed)
                 ready, _ = ray.wait(list(running), num_returns=1)
                 entry, seed = running.pop(ready[0])

@@ -164,6 +164,7 @@ def _tune(
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from nas.search.artifacts import folder_writer
     from nas.search.trial import run_trial
 
     # Tune's newer console output prints its own experiment box and paths even at verbose=0;
@@ -184,7 +185,9 @@ def _tune(
             else FIFOScheduler()
         )
         trainable = tune.with_resources(
-            tune.with_parameters(run_trial, data=SharedObject(data), settings=config.proxy_settings),
+            tune.with_parameters(
+                run_trial, data=SharedObject(data), settings=config.proxy_settings, folders=folder_writer()
+            ),
             {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
         )
         tuner = tune.Tuner(

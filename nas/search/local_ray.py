@@ -16,7 +16,8 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver says when to stop, by closing stdin
     logging.getLogger("ray").setLevel(logging.ERROR)
-    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    # "local": a new cluster, never one a `ray start` on this machine left behind.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     try:
         print(ray.get_runtime_context().gcs_address, flush=True)
         sys.stdin.read()

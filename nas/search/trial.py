@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -26,6 +25,7 @@ from nas.proxy.device import default_device
 from nas.proxy.necks import NeckSpec
 from nas.proxy.profile import profile_neck
 from nas.proxy.train import train_proxy
+from nas.search.artifacts import Outbox
 from nas.search.cluster import SharedObject
 from nas.settings import ProxySettings
 
@@ -43,9 +43,12 @@ def neck_costs(neck: NeckSpec, settings: ProxySettings, image_size: int) -> dict
         torch.set_num_threads(threads)
 
 
-def run_trial(config: dict[str, Any], data: SharedObject[ProxyData], settings: ProxySettings) -> None:
+def run_trial(
+    config: dict[str, Any], data: SharedObject[ProxyData], settings: ProxySettings, folders: Any
+) -> None:
     """Tune's function trainable. ``config``: ``genotype`` (dict), ``repeats``, ``norm``,
-    ``seed``, ``out_dir``, ``threads``, ``cost_image_size``."""
+    ``seed``, ``out_dir`` (on the driver's machine, written by the ``folders`` actor,
+    ``nas.search.artifacts``), ``threads``, ``cost_image_size``."""
     torch.set_num_threads(config["threads"])
     start = time.perf_counter()
     evaluations = 0
@@ -64,20 +67,21 @@ def run_trial(config: dict[str, Any], data: SharedObject[ProxyData], settings: P
         genotype = Genotype.from_dict(config["genotype"])
         neck = NeckSpec(genotype, config["repeats"], config["norm"])
         costs.update(neck_costs(neck, settings, config["cost_image_size"]))
-        out = Path(config["out_dir"])
-        train_proxy(
-            neck,
-            data.get(),
-            settings,
-            seed=config["seed"],
-            out_dir=out,
-            report=report,
-            progress=False,
-            costs=costs,
-            # No resume.pt: ASHA stops trials without a word, which would leave one in every
-            # stopped trial's folder, and a trial is minutes long; the search requeues it.
-            save_every=math.inf,
-        )
+        with Outbox(folders, config["out_dir"]) as outbox:
+            train_proxy(
+                neck,
+                data.get(),
+                settings,
+                seed=config["seed"],
+                out_dir=outbox.path,
+                files_changed=outbox.send,
+                report=report,
+                progress=False,
+                costs=costs,
+                # No resume.pt: ASHA stops trials without a word, which would leave one in every
+                # stopped trial's folder, and a trial is minutes long; the search requeues it.
+                save_every=math.inf,
+            )
     except Exception as e:  # noqa: BLE001 -- any failure is the trial's outcome, recorded with its reason
         message = str(e).splitlines()[0] if str(e) else ""
         failure = f"{type(e).__name__}: {message}"[:500]
