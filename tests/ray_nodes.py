@@ -2,8 +2,8 @@
 
 ``python tests/ray_nodes.py N`` starts a head node and N - 1 worker nodes -- each its own raylet
 and object store, one CPU each -- prints the cluster's address, then reads commands on stdin:
-``kill`` SIGKILLs the newest worker node's processes (a machine lost), printing ``killed``; the
-end of stdin stops the cluster.
+``kill`` SIGKILLs the newest worker node's processes (a machine lost) and ``add`` adds a worker
+node, each printing ``done``; the end of stdin stops the cluster.
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ def main(nodes: int) -> None:
         for line in sys.stdin:
             if line.strip() == "kill" and workers:
                 cluster.remove_node(workers.pop(), allow_graceful=False)
-                print("killed", flush=True)
+            elif line.strip() == "add":
+                workers.append(cluster.add_node(**NODE))
+                cluster.wait_for_nodes()
+            print("done", flush=True)
     finally:
         cluster.shutdown()
 

@@ -11,32 +11,53 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
-from nas.search.runs import RunFolder
+from nas.search.runs import RunFolder, interrupted_numbers
 
 HERE = Path(__file__).parent
 
 
+class Nodes:
+    """A two-node Ray cluster on this machine (tests/ray_nodes.py) and its commands."""
+
+    def __init__(self) -> None:
+        self.holder = subprocess.Popen(
+            [sys.executable, str(HERE / "ray_nodes.py"), "2"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self.address = self._answer()
+        assert self.address, "the two-node cluster did not start"
+
+    def command(self, word: str) -> None:
+        """``kill``: SIGKILL the worker node; ``add``: a new worker node."""
+        assert self.holder.stdin is not None
+        self.holder.stdin.write(word + "\n")
+        self.holder.stdin.flush()
+        assert self._answer() == "done"
+
+    def stop(self) -> None:
+        assert self.holder.stdin is not None
+        self.holder.stdin.close()
+        self.holder.wait(timeout=120)
+
+    def _answer(self) -> str:
+        assert self.holder.stdout is not None
+        return self.holder.stdout.readline().strip()
+
+
 @pytest.fixture(scope="module")
-def two_nodes() -> Iterator[str]:
-    """The address of a two-node Ray cluster, stopped when the module's tests are done."""
-    holder = subprocess.Popen(
-        [sys.executable, str(HERE / "ray_nodes.py"), "2"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None and holder.stdin is not None
-    address = holder.stdout.readline().strip()
-    assert address, "the two-node cluster did not start"
-    yield address
-    holder.stdin.close()
-    holder.wait(timeout=120)
+def two_nodes() -> Iterator[Nodes]:
+    nodes = Nodes()
+    yield nodes
+    nodes.stop()
 
 
 def _nasfpn(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -57,12 +78,12 @@ def _data_args(dataset: Path, checkpoint: Path, runs: Path) -> list[str]:
 
 
 def test_a_search_on_two_nodes_trains_on_both_and_its_run_folder_is_complete(
-    two_nodes: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+    two_nodes: Nodes, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
 ) -> None:
     search = [
         "search", "--name", "two", "--runs-dir", str(tmp_path), "--controller", "random",
         "--trials", "4", "--workers", "2", "--cpus-per-trial", "1", "--scheduler", "none",
-        "--budget", "quick", "--address", two_nodes,
+        "--budget", "quick", "--address", two_nodes.address,
     ]  # fmt: skip
     done = _nasfpn(*search, *_data_args(tiny_dataset, backbone_checkpoint, tmp_path), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -86,8 +107,52 @@ def test_a_search_on_two_nodes_trains_on_both_and_its_run_folder_is_complete(
 
     # A comparison on the same cluster: its trainings' files reach the driver too.
     compare = ["compare", str(run.path), "--top", "1", "--baselines", "fpn", "--seeds", "1"]
-    compared = _nasfpn(*compare, "--budget", "quick", "--workers", "2", "--address", two_nodes, cwd=tmp_path)
+    compared = _nasfpn(
+        *compare, "--budget", "quick", "--workers", "2", "--address", two_nodes.address, cwd=tmp_path
+    )
     assert compared.returncode == 0, compared.stdout + compared.stderr
     jobs = sorted((run.path / "compare" / "jobs" / "quick").glob("*/seed0"))
     assert len(jobs) == 2 and all((job / "metrics.json").is_file() for job in jobs)
     assert (run.path / "compare" / "compare.csv").is_file()
+
+
+def test_a_node_lost_mid_trial_fails_that_trial_with_the_reason_and_the_search_goes_on(
+    two_nodes: Nodes, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+) -> None:
+    """Both nodes train (one CPU each, two at a time) when the worker node is SIGKILLed."""
+    search = [
+        sys.executable, "-m", "nas", "search", "--name", "lost", "--runs-dir", str(tmp_path),
+        "--controller", "random", "--trials", "3", "--workers", "2", "--cpus-per-trial", "1",
+        "--scheduler", "none", "--budget", "120", "--address", two_nodes.address,
+    ]  # fmt: skip
+    log = (tmp_path / "search.log").open("w")
+    args = [*search, *_data_args(tiny_dataset, backbone_checkpoint, tmp_path)]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    run = RunFolder(tmp_path / "lost")
+    try:
+        deadline = time.monotonic() + 300
+        while _running(run) < 2:  # the baseline done, two study trials training: one on each node
+            assert process.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "search.log"
+            ).read_text()
+            time.sleep(0.5)
+        two_nodes.command("kill")
+        assert process.wait(timeout=600) == 0, (tmp_path / "search.log").read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+        two_nodes.command("add")  # two nodes again for whatever runs next
+    trials = run.load_study().get_trials(deepcopy=False)
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(trials) == 3 and len(failed) == 1 and not interrupted_numbers(trials)
+    assert "Ray node was lost" in failed[0].user_attrs["failure"]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 2 and all((run.trial_dir(t.number) / "metrics.json").is_file() for t in complete)
+
+
+def _running(run: RunFolder) -> int:
+    try:
+        trials = run.load_study().get_trials(deepcopy=False)
+    except (KeyError, ValueError, OSError):  # not made yet
+        return 0
+    return sum(t.state == TrialState.RUNNING for t in trials)

@@ -80,7 +80,11 @@ class StudySearcher(Searcher):
     ) -> None:
         result = dict(result or {})
         if error and "failure" not in result:
-            result["failure"] = "the trial's worker process failed (see the Ray logs)"
+            # Tune tells the searcher no more; a trial's own exceptions are reported as "failure".
+            result["failure"] = (
+                "the trial's worker died: its process or its Ray node was lost "
+                "(out of memory, a crash or a machine gone; see the Ray logs)"
+            )
         if trial_id in self.extras:
             self.on_finish(self.extras.pop(trial_id), result, "FAIL" if "failure" in result else "COMPLETE")
             return
