@@ -5,7 +5,7 @@ PYTHON ?= python3
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test lint search clean
+.PHONY: install browser postgres test lint search clean
 
 # Reinstalls whenever pyproject.toml changes. torch and its CUDA packages make the first
 # install take a few minutes and about 6 GB.
@@ -28,8 +28,17 @@ browser:
 			chromium chromium-driver fonts-liberation; \
 	fi
 
+# The PostgreSQL tests start a throwaway server of Debian's PostgreSQL (initdb, pg_ctl): installed
+# here, once, when missing.
+postgres:
+	@if command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; else \
+		echo "installing Debian's PostgreSQL server for the shared-study tests"; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends postgresql; \
+	fi
+
 # Style and types first (a minute), then the suite: a tree that fails them fails the test command too.
-test: lint browser
+test: lint browser postgres
 	$(VENV)/bin/python -m pytest
 
 lint: $(STAMP)

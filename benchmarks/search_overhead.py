@@ -8,12 +8,15 @@ once, both outside the timings):
    trial on a one-CPU worker runs;
 2. tune x1 -- ``run_search`` with one worker: the same K trials plus the FPN baseline through Ray
    Tune, the searcher and the SQLite study;
-3. tune x2 -- the same with two workers.
+3. tune x2 -- the same with two workers;
+4. with ``--storage URL`` (e.g. a PostgreSQL server's ``postgresql://...``): tune x1 again with
+   its study there, heartbeats on, as several drivers would share it.
 
 Overhead per trial = (tune x1 wall - direct wall) / direct wall (target <= 5% at the default
-budget); throughput gain = tune x1 wall / tune x2 wall (target >= 1.7x on 2 cores).
+budget); throughput gain = tune x1 wall / tune x2 wall (target >= 1.7x on 2 cores); the storage's
+cost = (its tune x1 wall - SQLite's) / direct wall (target <= 5%).
 
-    python benchmarks/search_overhead.py [--trials 3] [--budget default]
+    python benchmarks/search_overhead.py [--trials 3] [--budget default] [--storage URL]
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--budget", default="default")
+    parser.add_argument("--storage", help="a shared Optuna storage to time against SQLite")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -93,6 +97,9 @@ def main() -> None:
 
         tune_two, again = _search(root_dir, "x2", replace(config, workers=2), data)
         assert [g.nodes for g in again] == [g.nodes for g in genotypes], "the seeded search changed"
+        if args.storage:  # its own study name: a rerun of the benchmark must not resume the last
+            shared = replace(config, storage=args.storage)
+            tune_shared, _ = _search(root_dir, f"x1-{int(time.time())}", shared, data)
     ray.shutdown()
 
     n = len(necks)
@@ -100,11 +107,19 @@ def main() -> None:
         f"{n} trials each (FPN baseline + {args.trials} nasfpn cells), budget {args.budget}, one CPU a trial"
     )
     print(f"{'run':<10} {'wall s':>8} {'s/trial':>8}")
-    for name, wall in (("direct", direct), ("tune x1", tune_one), ("tune x2", tune_two)):
+    runs = [("direct", direct), ("tune x1", tune_one), ("tune x2", tune_two)]
+    if args.storage:
+        runs.append(("tune x1, " + args.storage.split(":")[0], tune_shared))
+    for name, wall in runs:
         print(f"{name:<10} {wall:8.1f} {wall / n:8.1f}")
     overhead = (tune_one - direct) / direct
     print(f"overhead of Ray Tune + Optuna per trial: {overhead * 100:+.1f}% (target <= 5%)")
     print(f"throughput, 2 workers vs 1: {tune_one / tune_two:.2f}x (target >= 1.7x)")
+    if args.storage:
+        extra = (tune_shared - tune_one) / direct
+        print(
+            f"the shared storage vs SQLite, per trial: {extra * 100:+.1f}% of a direct trial (target <= 5%)"
+        )
 
 
 if __name__ == "__main__":

@@ -512,6 +512,11 @@ def _search(args: argparse.Namespace) -> int | None:
         print(f"stopped; finished trials are kept. Resume with: {resume}", file=sys.stderr)
         raise
     print(leaderboard(run))
+    if outcome.elsewhere:
+        print(
+            f"{outcome.elsewhere} trial(s) still training in other drivers of this study "
+            "(in nasfpn status when done)"
+        )
     if not outcome.finished:
         print(f"stopped with {outcome.done}/{config.trials} trials done. Resume with: {resume}")
         return EXIT_INTERRUPTED

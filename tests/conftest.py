@@ -1,4 +1,10 @@
+import glob
+import os
+import shutil
+import socket
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -55,3 +61,43 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL server of this machine's (Debian's) PostgreSQL, with a database
+    ``nasfpn``; yields its SQLAlchemy URL. ``make test`` installs the server (make postgres)."""
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))), None)
+    assert found, "PostgreSQL's initdb is not installed: `make test` installs it (make postgres)"
+    bin_dir = Path(found).resolve().parent  # the server's own tools, not Debian's wrappers
+    root = Path(tempfile.mkdtemp(prefix="nasfpn-pg-"))
+    # The server refuses to run as root: there, it runs as Debian's postgres user.
+    as_user = ["runuser", "-u", "postgres", "--"] if os.getuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    def run(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, cwd=root)
+
+    run(str(bin_dir / "initdb"), "-D", str(root / "data"), "-A", "trust", "-U", "postgres")
+    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(
+        str(bin_dir / "pg_ctl"),
+        "-D",
+        str(root / "data"),
+        "-o",
+        options,
+        "-l",
+        str(root / "log"),
+        "-w",
+        "start",
+    )
+    try:
+        run(str(bin_dir / "createdb"), "-h", str(root), "-p", str(port), "-U", "postgres", "nasfpn")
+        yield f"postgresql://postgres@127.0.0.1:{port}/nasfpn"
+    finally:
+        run(str(bin_dir / "pg_ctl"), "-D", str(root / "data"), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)

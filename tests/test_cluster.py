@@ -123,7 +123,7 @@ def test_a_node_lost_mid_trial_fails_that_trial_with_the_reason_and_the_search_g
     search = [
         sys.executable, "-m", "nas", "search", "--name", "lost", "--runs-dir", str(tmp_path),
         "--controller", "random", "--trials", "3", "--workers", "2", "--cpus-per-trial", "1",
-        "--scheduler", "none", "--budget", "120", "--address", two_nodes.address,
+        "--scheduler", "none", "--budget", "60", "--address", two_nodes.address,
     ]  # fmt: skip
     log = (tmp_path / "search.log").open("w")
     args = [*search, *_data_args(tiny_dataset, backbone_checkpoint, tmp_path)]

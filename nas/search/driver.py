@@ -11,14 +11,18 @@ cleanly: finished trials are in the study; running ones are rerun by the next
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
 
 from nas.controllers import Finishing, make_controller
 from nas.data.coco import CocoDetection
@@ -30,10 +34,13 @@ from nas.search.live_view import LiveView
 from nas.search.objectives import Objective
 from nas.search.runs import (
     COST_IMAGE_SIZE,
+    DRIVER,
     RunFolder,
     SearchConfig,
+    claimed,
     count_done,
     interrupted_numbers,
+    open_storage,
     requeue_interrupted,
 )
 from nas.search.searcher import StudySearcher
@@ -49,6 +56,7 @@ class SearchOutcome:
     failed: int
     finished: bool  # the study reached its trial count (False: stopped early, e.g. Ctrl-C)
     seconds: float
+    elsewhere: int = 0  # trials other drivers of a shared study are still running
 
 
 def load_splits(config: SearchConfig) -> tuple[CocoDetection, CocoDetection]:
@@ -76,11 +84,16 @@ def run_search(
     settings = config.proxy_settings
     run.save_config(config)
 
-    study = run.open_study(config, objective.directions)
-    # Seeded by the trial count, so a resumed random/tpe search does not replay its first proposals.
-    study.sampler = make_controller(
-        config.controller, seed=config.seed + len(study.trials), state_path=str(run.controller_state)
+    storage = open_storage(run.storage_url(config))
+    study = run.open_study(config, objective.directions, storage=storage)
+    # Seeded by the trial count, so a resumed random/tpe search does not replay its first proposals;
+    # and by the driver where several share the study, so that they do not propose the same ones.
+    seed = (
+        config.seed
+        + len(study.trials)
+        + (zlib.crc32(DRIVER.encode()) if storage.get_heartbeat_interval() else 0)
     )
+    study.sampler = make_controller(config.controller, seed=seed, state_path=str(run.controller_state))
     rerun = requeue_interrupted(study)
     if not study.trials:
         for name in config.seed_with:
@@ -120,6 +133,7 @@ def run_search(
         run,
         lambda genotype, out_dir: trial_config(genotype, out_dir, space.repeats, space.norm),
         budget.evaluations,
+        config.trials,
         extra_configs=baseline,
         on_finish=view.trial_finished,
     )
@@ -129,12 +143,15 @@ def run_search(
         f"{remaining} of {config.trials} trials to run, "
         f"{config.workers} at a time; proxy {settings.detector}/{settings.backbone}, budget {settings.budget}"
     )
-    _tune(config, run, searcher, data, remaining + len(baseline), budget.evaluations, address)
-    requeue_interrupted(study)  # trials still running were stopped: the next resume reruns them
+    with _heartbeats(storage, searcher.live):
+        _tune(config, run, searcher, data, remaining + len(baseline), budget.evaluations, address)
+    requeue_interrupted(study, DRIVER)  # its trials still running were stopped: rerun them next time
     if isinstance(study.sampler, Finishing):
         study.sampler.finish(study)
     done = count_done(study)
-    return SearchOutcome(done, _failed(study), done >= config.trials, round(time.perf_counter() - start, 1))
+    elsewhere = claimed(study) - done
+    seconds = round(time.perf_counter() - start, 1)
+    return SearchOutcome(done, _failed(study), done + elsewhere >= config.trials, seconds, elsewhere)
 
 
 def _baseline_config(run: RunFolder, trial_config: Callable[..., dict[str, Any]]) -> dict[str, Any]:
@@ -144,6 +161,33 @@ def _baseline_config(run: RunFolder, trial_config: Callable[..., dict[str, Any]]
         **trial_config(fpn.genotype.to_dict(), str(run.baseline_dir()), fpn.repeats, fpn.norm),
         "number": "fpn",
     }
+
+
+@contextmanager
+def _heartbeats(storage: optuna.storages.RDBStorage, live: dict[str, optuna.Trial]) -> Iterator[None]:
+    """Records a heartbeat for each trial in ``live`` every interval, where ``storage`` keeps
+    them (a study other drivers may share: ``nas.search.runs``)."""
+    interval = storage.get_heartbeat_interval()
+    if interval is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            for trial in list(live.values()):
+                try:  # Optuna's heartbeats are keyed by the storage's own trial id
+                    storage.record_heartbeat(trial._trial_id)
+                except SQLAlchemyError:
+                    pass  # the database is away a moment: the next beat may reach it
+
+    thread = threading.Thread(target=beat, name="heartbeats", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _failed(study: optuna.Study) -> int:

@@ -9,41 +9,87 @@
 
 Each Optuna trial records, as user attributes, its ``genotype``, a one-line ``summary``, the AP
 breakdown, ``params``, ``flops``, ``latency_ms``, where it ran (``node``, ``gpus``, ``device``,
-``started``) and, when it failed, the ``failure`` reason.
+``started``), the ``driver`` that ran it (host:pid) and, when it failed, the ``failure`` reason.
+
+Several drivers may share one study (``--storage postgresql://...``, a search started on several
+machines): Optuna numbers their trials apart, each driver stops when the study holds the
+search's trials, and a resume reruns only the trials of drivers that are gone -- killed on this
+machine (their process no longer exists), or silent elsewhere: a driver records a heartbeat for
+its running trials every ``HEARTBEAT`` seconds on such a storage, and a trial without one for
+``GRACE`` seconds is failed and rerun by whichever driver finds it.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 
 from nas.errors import RunError
 from nas.settings import ProxySettings
 
+# The driver records its trials' heartbeats itself (nas.search.driver), not through Study.optimize.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+Opened = TypeVar("Opened")
 _OPEN_ATTEMPTS = 20  # 5 s: initialising a schema takes milliseconds
+DRIVER = f"{socket.gethostname()}:{os.getpid()}"  # this process, as the trials it runs record it
+HEARTBEAT = 30  # seconds between a driver's heartbeats for its running trials (shared storages)
+GRACE = 180  # seconds without a heartbeat after which a running trial's driver is taken as gone
 COST_IMAGE_SIZE = 512  # FLOPs and CPU latency of a neck are measured at this square input size
 
 
-def _while_initialised_elsewhere(open_study: Callable[[], optuna.Study]) -> optuna.Study:
-    """``open_study()``, tried again while another process is writing a new database's schema.
+def _while_initialised_elsewhere(opening: Callable[[], Opened]) -> Opened:
+    """``opening()``, tried again while another process is writing a new database's schema.
 
     Every Optuna storage object stamps a fresh database's schema version when it opens it; a
     second process doing so at the same moment gets an IntegrityError (or "database is locked").
     """
     for _ in range(_OPEN_ATTEMPTS - 1):
         try:
-            return open_study()
-        except (IntegrityError, OperationalError):
+            return opening()
+        except IntegrityError:
             time.sleep(0.25)
-    return open_study()
+        except OperationalError as e:
+            if "locked" not in str(e):  # an unreachable server: no use waiting
+                raise
+            time.sleep(0.25)
+    return opening()
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The Optuna storage at the SQLAlchemy ``url``; heartbeats on where drivers can share it
+    (anything but SQLite). One that cannot be opened is a ``RunError`` naming the database
+    (its password left out) and the reason."""
+    shared = not url.startswith("sqlite")
+    heartbeats: dict[str, Any] = (
+        {"heartbeat_interval": HEARTBEAT, "grace_period": GRACE, "heartbeat_stale_trial_callback": _rerun}
+        if shared
+        else {}
+    )
+    try:
+        where = make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        raise RunError(f"storage {url!r}: not a SQLAlchemy database URL") from None
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return _while_initialised_elsewhere(lambda: optuna.storages.RDBStorage(url, **heartbeats))
+    except ImportError:
+        raise RunError(f"storage {where}: no database driver for it is installed") from None
+    except SQLAlchemyError as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise RunError(f"storage {where}: {reason}") from None
 
 
 @dataclass(frozen=True)
@@ -132,11 +178,14 @@ class RunFolder:
         config: SearchConfig,
         directions: Sequence[Literal["maximize", "minimize"]],
         sampler: optuna.samplers.BaseSampler | None = None,
+        storage: optuna.storages.BaseStorage | None = None,
     ) -> optuna.Study:
+        """The run's study, made if missing, in ``storage`` (default: ``open_storage`` of its URL)."""
         self.path.mkdir(parents=True, exist_ok=True)
+        storage = storage or open_storage(self.storage_url(config))
         return _while_initialised_elsewhere(
             lambda: optuna.create_study(
-                storage=self.storage_url(config),
+                storage=storage,
                 study_name=config.name,
                 directions=directions,
                 sampler=sampler,
@@ -153,8 +202,10 @@ class RunFolder:
         config = self.load_config()
         if config.storage is None and not (self.path / "study.db").is_file():
             raise KeyError(f"{self.path}: no study yet")
-        url = self.storage_url(config)
-        return _while_initialised_elsewhere(lambda: optuna.load_study(study_name=config.name, storage=url))
+        storage = open_storage(self.storage_url(config))
+        return _while_initialised_elsewhere(
+            lambda: optuna.load_study(study_name=config.name, storage=storage)
+        )
 
     def baseline_metrics(self, neck: str = "fpn") -> dict[str, Any] | None:
         """The baseline's metrics and costs, once its training finished."""
@@ -165,14 +216,40 @@ class RunFolder:
         return {**record["metrics"], **record.get("costs", {})}
 
 
-def requeue_interrupted(study: optuna.Study) -> int:
-    """Fails the trials a killed search left RUNNING and enqueues their decisions again (the
-    new trial's ``rerun_of`` names the old one), so they are rerun; returns how many."""
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
+def requeue_interrupted(study: optuna.Study, driver: str | None = None) -> int:
+    """Fails the RUNNING trials of ``driver`` (this one, stopping) -- or, without one, those of
+    drivers that are gone -- and enqueues their decisions again (the new trial's ``rerun_of``
+    names the old one), so they are rerun; returns how many."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    stopped = [t for t in running if t.user_attrs.get("driver") == driver or (driver is None and _gone(t))]
+    for trial in stopped:
         study.tell(trial.number, state=TrialState.FAIL)
-        study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, "rerun_of": trial.number})
-    return len(stale)
+        _rerun(study, trial)
+    if driver is None:  # drivers on other machines, silent for GRACE seconds (a shared storage)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    return len(running) - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+def _gone(trial: FrozenTrial) -> bool:
+    """Was ``trial`` left RUNNING by a driver process of this machine that no longer exists?"""
+    host, _, pid = str(trial.user_attrs.get("driver", ":")).rpartition(":")
+    if not pid.isdigit():
+        return True  # recorded before drivers were: one driver a study, the one now resuming
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return int(pid) == os.getpid()  # this process resuming its own study in-process (the tests)
+
+
+def _rerun(study: optuna.Study, trial: FrozenTrial) -> None:
+    study.enqueue_trial(trial.params, user_attrs={**trial.user_attrs, "rerun_of": trial.number})
 
 
 def interrupted_numbers(trials: list[FrozenTrial]) -> set[int]:
@@ -186,3 +263,9 @@ def count_done(study: optuna.Study) -> int:
     interrupted = interrupted_numbers(trials)
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return sum(t.state in finished and t.number not in interrupted for t in trials)
+
+
+def claimed(study: optuna.Study) -> int:
+    """Trials done or running (by any driver): those the budget has given out."""
+    running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+    return count_done(study) + running

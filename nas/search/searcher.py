@@ -22,7 +22,7 @@ from ray.tune.search import Searcher
 
 from nas.proxy.evaluate import METRICS
 from nas.search.objectives import Objective
-from nas.search.runs import RunFolder
+from nas.search.runs import DRIVER, RunFolder, claimed
 from search_spaces.base import SearchSpace
 
 PLACEMENT = ("node", "gpus", "device", "started")  # where a trial ran (nas.search.trial), failed or not
@@ -30,8 +30,9 @@ RECORDED = (*METRICS, "params", "flops", "latency_ms", "seconds", "step", *PLACE
 
 
 class StudySearcher(Searcher):
-    """Proposes trials from ``study`` through ``space``; ``extra_configs`` (e.g. the FPN
-    baseline) are handed out first and not recorded in the study."""
+    """Proposes trials from ``study`` through ``space`` until it holds ``trials`` (counting
+    those of other drivers sharing it); ``extra_configs`` (e.g. the FPN baseline) are handed out
+    first and not recorded in the study."""
 
     def __init__(
         self,
@@ -41,6 +42,7 @@ class StudySearcher(Searcher):
         run: RunFolder,
         trial_config: Callable[[dict[str, Any], str], dict[str, Any]],
         evaluations: int,
+        trials: int,
         extra_configs: Sequence[dict[str, Any]] = (),
         on_finish: Callable[[Any, dict[str, Any], str], None] | None = None,
     ) -> None:
@@ -51,17 +53,22 @@ class StudySearcher(Searcher):
         self.run = run
         self.trial_config = trial_config
         self.evaluations = evaluations
+        self.trials = trials
         self.extra_configs = list(extra_configs)
         self.on_finish = on_finish or (lambda number, result, state: None)
         self.live: dict[str, optuna.Trial] = {}  # Tune trial id -> the study's running trial
         self.extras: dict[str, Any] = {}  # Tune trial id -> an extra config's "number"
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    # Ray's own searchers return its FINISHED sentinel, a str its annotation leaves out.
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if self.extra_configs:
             config = self.extra_configs.pop(0)
             self.extras[trial_id] = config["number"]
             return config
+        if claimed(self.study) >= self.trials:  # other drivers of a shared study took the rest
+            return Searcher.FINISHED
         trial = self.study.ask()
+        trial.set_user_attr("driver", DRIVER)
         genotype = self.space.sample(trial)
         trial.set_user_attr("genotype", genotype.to_dict())
         trial.set_user_attr("summary", self.space.summary(genotype))
