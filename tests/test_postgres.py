@@ -3,16 +3,19 @@ search drivers at once, as searches started on several machines share it."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from optuna.trial import TrialState
 
 from nas.cli import main
+from nas.search import runs
 from nas.search.runs import RunFolder, interrupted_numbers
 
 
@@ -123,3 +126,42 @@ def test_an_unreachable_or_wrong_database_is_one_line_and_exit_2(
     assert main(args[3:]) == 2  # in this process: past "python -m nas"
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert named in line and reason in line and "secret" not in line
+
+
+def test_a_resume_reruns_trials_of_drivers_gone_and_leaves_live_ones(postgres_url: str, monkeypatch) -> None:
+    """Running trials: of a driver elsewhere with a fresh heartbeat, or of a live process here --
+    left alone; elsewhere and silent past the grace period, or of a process here that is gone --
+    failed and enqueued again."""
+    monkeypatch.setattr(runs, "HEARTBEAT", 1)
+    monkeypatch.setattr(runs, "GRACE", 2)
+    storage = runs.open_storage(postgres_url)
+    study = optuna.create_study(storage=storage, study_name=f"stale-{time.time()}")
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    host = runs.socket.gethostname()
+    drivers = {
+        "silent elsewhere": "other-host:1",
+        "beating elsewhere": "other-host:2",
+        "alive here": f"{host}:{os.getppid()}",
+        "gone here": f"{host}:{dead.stdout.strip()}",
+    }
+    trials = {}
+    for name, driver in drivers.items():
+        trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+        trial.set_user_attr("driver", driver)
+        trials[name] = trial
+    storage.record_heartbeat(trials["silent elsewhere"]._trial_id)
+    time.sleep(2.5)
+    storage.record_heartbeat(trials["beating elsewhere"]._trial_id)
+
+    assert runs.requeue_interrupted(study) == 2
+    states = {name: study.trials[trial.number].state for name, trial in trials.items()}
+    assert states == {
+        "silent elsewhere": TrialState.FAIL,
+        "beating elsewhere": TrialState.RUNNING,
+        "alive here": TrialState.RUNNING,
+        "gone here": TrialState.FAIL,
+    }
+    reruns = sorted(t.user_attrs["rerun_of"] for t in study.get_trials(states=(TrialState.WAITING,)))
+    assert reruns == sorted([trials["silent elsewhere"].number, trials["gone here"].number])
