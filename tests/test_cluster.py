@@ -9,6 +9,7 @@ a trial's files travel through Ray (nas.search.artifacts), not through a shared 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -156,3 +157,24 @@ def _running(run: RunFolder) -> int:
     except (KeyError, ValueError, OSError):  # not made yet
         return 0
     return sum(t.state == TrialState.RUNNING for t in trials)
+
+
+def test_ray_imported_before_nasfpn_still_starts_and_joins_its_clusters() -> None:
+    """A script that imports Ray first: its own ray.init must work (it failed when nasfpn set
+    RAY_AUTH_MODE after Ray was imported), and so must a local cluster nasfpn starts for it."""
+    script = (
+        "import ray, nas.search\n"
+        "from nas.search.cluster import ray_cluster\n"
+        "ray.init(num_cpus=1, include_dashboard=False)\n"
+        "print('started', ray.is_initialized())\n"
+        "ray.shutdown()\n"
+        "with ray_cluster():\n"
+        "    print('joined', ray.cluster_resources()['CPU'] > 0)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # as a fresh shell has it
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0 and "joined True" in done.stdout and "started True" in done.stdout, (
+        done.stderr[-2000:]
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import select
 import signal
 import subprocess
@@ -55,8 +56,12 @@ def local_cluster(timeout: float = 120.0) -> Iterator[str]:
     The holder is outside that group; it stops the cluster when its stdin closes, which also
     happens when the driver dies without a word (SIGKILL).
     """
+    # Authenticated as this process's Ray will join it: that read RAY_AUTH_MODE when imported (unset:
+    # no token sent), and a process that imported Ray before nasfpn could not set it (nas.search).
+    auth = os.environ.get("RAY_AUTH_MODE", "disabled")
     holder = subprocess.Popen(
         [sys.executable, "-m", "nas.search.local_ray"],
+        env={**os.environ, "RAY_AUTH_MODE": auth},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
