@@ -165,3 +165,19 @@ def test_a_resume_reruns_trials_of_drivers_gone_and_leaves_live_ones(postgres_ur
     }
     reruns = sorted(t.user_attrs["rerun_of"] for t in study.get_trials(states=(TrialState.WAITING,)))
     assert reruns == sorted([trials["silent elsewhere"].number, trials["gone here"].number])
+
+
+def test_a_driver_keeps_its_running_trials_alive_with_heartbeats(postgres_url: str, monkeypatch) -> None:
+    from nas.search.driver import _heartbeats
+
+    monkeypatch.setattr(runs, "HEARTBEAT", 1)
+    monkeypatch.setattr(runs, "GRACE", 2)
+    storage = runs.open_storage(postgres_url)
+    study = optuna.create_study(storage=storage, study_name=f"beats-{time.time()}")
+    trial = study.ask({"x": optuna.distributions.IntDistribution(0, 9)})
+    trial.set_user_attr("driver", "other-host:1")  # a driver another resume cannot see die
+    with _heartbeats(storage, {"tune-id": trial}):
+        time.sleep(3.5)  # past the grace period: alive only by its heartbeats
+        assert runs.requeue_interrupted(study) == 0
+    time.sleep(2.5)  # its driver stopped beating
+    assert runs.requeue_interrupted(study) == 1

@@ -10,6 +10,7 @@ cleanly: finished trials are in the study; running ones are rerun by the next
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -165,19 +166,24 @@ def _baseline_config(run: RunFolder, trial_config: Callable[..., dict[str, Any]]
 
 @contextmanager
 def _heartbeats(storage: optuna.storages.RDBStorage, live: dict[str, optuna.Trial]) -> Iterator[None]:
-    """Records a heartbeat for each trial in ``live`` every interval, where ``storage`` keeps
-    them (a study other drivers may share: ``nas.search.runs``)."""
+    """Records a heartbeat for each trial in ``live`` as it starts and every interval after, where
+    ``storage`` keeps them (a study other drivers may share: ``nas.search.runs``)."""
     interval = storage.get_heartbeat_interval()
     if interval is None:
         yield
         return
     stop = threading.Event()
+    last: dict[int, float] = {}  # the storage's trial id -> when its last heartbeat was recorded
 
     def beat() -> None:
-        while not stop.wait(interval):
+        while not stop.wait(1.0):  # a new trial gets its first heartbeat within a second
             for trial in list(live.values()):
-                try:  # Optuna's heartbeats are keyed by the storage's own trial id
-                    storage.record_heartbeat(trial._trial_id)
+                trial_id = trial._trial_id  # Optuna's heartbeats are keyed by the storage's own id
+                if time.monotonic() - last.get(trial_id, -math.inf) < interval:
+                    continue
+                try:
+                    storage.record_heartbeat(trial_id)
+                    last[trial_id] = time.monotonic()
                 except SQLAlchemyError:
                     pass  # the database is away a moment: the next beat may reach it
 
