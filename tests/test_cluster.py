@@ -165,7 +165,7 @@ def test_ray_imported_before_nasfpn_still_starts_and_joins_its_clusters() -> Non
     script = (
         "import ray, nas.search\n"
         "from nas.search.cluster import ray_cluster\n"
-        "ray.init(num_cpus=1, include_dashboard=False)\n"
+        "ray.init(address='local', num_cpus=1, include_dashboard=False)\n"  # not the tests' clusters
         "print('started', ray.is_initialized())\n"
         "ray.shutdown()\n"
         "with ray_cluster():\n"

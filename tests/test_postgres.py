@@ -3,18 +3,22 @@ search drivers at once, as searches started on several machines share it."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from urllib.request import urlopen
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from nas.cli import main
+from nas.inspect.dashboard import make_dashboard_server
 from nas.search import runs
 from nas.search.runs import RunFolder, interrupted_numbers
 
@@ -35,7 +39,7 @@ def test_two_drivers_share_one_study_with_no_trial_lost_or_numbered_twice(
     postgres_url: str, ray_cluster: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
 ) -> None:
     """Two searches of the same name on one PostgreSQL study, each with its own run folder (as on
-    two machines), started together; then a third driver is killed mid-trial and resumed."""
+    two machines), started together; status, report and the dashboard read it."""
     storage = f"{postgres_url}"
     common = ("--trials", "4", "--budget", "60", "--address", ray_cluster)
     logs = [tmp_path / f"driver{i}.log" for i in range(2)]
@@ -68,6 +72,19 @@ def test_two_drivers_share_one_study_with_no_trial_lost_or_numbered_twice(
         text=True,
     )
     assert report.returncode == 0 and (tmp_path / "report" / "index.html").is_file(), report.stderr
+    server = make_dashboard_server(runs[0], "127.0.0.1", 0)  # optuna-dashboard on the same study
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        api = f"http://127.0.0.1:{server.server_port}/api/studies"
+        (study,) = [
+            s
+            for s in json.loads(urlopen(api, timeout=30).read())["study_summaries"]
+            if s["study_name"] == "shared"
+        ]
+        detail = json.loads(urlopen(f"{api}/{study['study_id']}", timeout=30).read())
+        assert sorted(t["number"] for t in detail["trials"]) == list(range(4))
+    finally:
+        server.shutdown()
 
 
 def test_a_driver_killed_on_a_shared_study_resumes_as_on_sqlite(

@@ -49,20 +49,19 @@ GRACE = 180  # seconds without a heartbeat after which a running trial's driver 
 COST_IMAGE_SIZE = 512  # FLOPs and CPU latency of a neck are measured at this square input size
 
 
-def _while_initialised_elsewhere(opening: Callable[[], Opened]) -> Opened:
+def _while_initialised_elsewhere(
+    opening: Callable[[], Opened], retried: tuple[type[Exception], ...] = (IntegrityError, OperationalError)
+) -> Opened:
     """``opening()``, tried again while another process is writing a new database's schema.
 
     Every Optuna storage object stamps a fresh database's schema version when it opens it; a
-    second process doing so at the same moment gets an IntegrityError (or "database is locked").
+    second process doing so at the same moment gets an IntegrityError (or, from SQLite, an
+    OperationalError such as "database is locked").
     """
     for _ in range(_OPEN_ATTEMPTS - 1):
         try:
             return opening()
-        except IntegrityError:
-            time.sleep(0.25)
-        except OperationalError as e:
-            if "locked" not in str(e):  # an unreachable server: no use waiting
-                raise
+        except retried:
             time.sleep(0.25)
     return opening()
 
@@ -84,7 +83,11 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _while_initialised_elsewhere(lambda: optuna.storages.RDBStorage(url, **heartbeats))
+            # A server's OperationalError is a refused or failed connection: no use waiting.
+            retried = (IntegrityError,) if shared else (IntegrityError, OperationalError)
+            return _while_initialised_elsewhere(
+                lambda: optuna.storages.RDBStorage(url, **heartbeats), retried
+            )
     except ImportError:
         raise RunError(f"storage {where}: no database driver for it is installed") from None
     except SQLAlchemyError as e:
