@@ -19,6 +19,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from nas.search.runs import process_alive
+
 STAGING = Path(tempfile.gettempdir()) / "nasfpn-staging"  # on each node: PID-TOKEN per training
 
 
@@ -108,18 +110,8 @@ def _remove_left_behind() -> None:
     """Removes the staging folders of this process (their files were sent) and of dead ones."""
     for path in STAGING.glob("*-*"):
         pid = int(path.name.split("-")[0])
-        if pid == os.getpid() or not _alive(pid):
+        if pid == os.getpid() or not process_alive(pid):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _inside(root: Path, name: str) -> Path:
