@@ -178,3 +178,29 @@ def test_ray_imported_before_nasfpn_still_starts_and_joins_its_clusters() -> Non
     assert done.returncode == 0 and "joined True" in done.stdout and "started True" in done.stdout, (
         done.stderr[-2000:]
     )
+
+
+def test_an_address_where_no_cluster_answers_is_one_line_and_exit_2(
+    tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
+) -> None:
+    compare = [
+        "compare",
+        "--baselines",
+        "fpn",
+        "--seeds",
+        "1",
+        "--budget",
+        "quick",
+        "--out",
+        str(tmp_path / "c"),
+    ]
+    done = _nasfpn(
+        *compare,
+        *_data_args(tiny_dataset, backbone_checkpoint, tmp_path),
+        "--address",
+        "127.0.0.1:1",
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "--address 127.0.0.1:1: no Ray cluster answers there" in line
