@@ -125,3 +125,17 @@ def _metrics(ap: float, rng: random.Random) -> dict[str, float]:
         "latency_ms": rng.uniform(20.0, 90.0),
         "seconds": rng.uniform(30.0, 90.0),
     }
+
+
+def data_args(dataset: Path, checkpoint: Path, runs: Path) -> list[str]:
+    """Options that train on the tests' tiny dataset: a 32-channel neck on random backbone
+    weights (no pretraining), the feature cache under ``runs``."""
+    return [
+        "--data", str(dataset), "--width", "32",
+        "--backbone-checkpoint", str(checkpoint), "--cache-dir", str(runs / "cache"),
+    ]  # fmt: skip
+
+
+def search_args(name: str, runs: Path, dataset: Path, checkpoint: Path, *extra: str) -> list[str]:
+    """``nasfpn search`` arguments for run ``runs/name`` on the tests' tiny dataset (``data_args``)."""
+    return ["search", "--name", name, "--runs-dir", str(runs), *data_args(dataset, checkpoint, runs), *extra]

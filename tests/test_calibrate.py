@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import search_args
 
 from nas.cli import main
 from nas.data.coco import CocoDetection
@@ -186,14 +187,6 @@ def test_a_tiny_calibration_end_to_end_and_its_resume(
     assert json.loads((out / "calibration.json").read_text())["rows"] == record["rows"]
 
 
-def _search(name: str, runs: Path, dataset: Path, checkpoint: Path, *extra: str) -> list[str]:
-    return [
-        "search", "--name", name, "--runs-dir", str(runs), "--data", str(dataset),
-        "--width", "32", "--backbone-checkpoint", str(checkpoint), "--cache-dir", str(runs / "cache"),
-        *extra,
-    ]  # fmt: skip
-
-
 @pytest.mark.parametrize(
     "options, message",
     [
@@ -205,7 +198,7 @@ def _search(name: str, runs: Path, dataset: Path, checkpoint: Path, *extra: str)
 def test_a_search_without_a_usable_calibration_is_a_one_line_error(
     options: list[str], message: str, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path, capsys
 ) -> None:
-    assert main([*_search("e", tmp_path, tiny_dataset, backbone_checkpoint), *options]) == 2
+    assert main([*search_args("e", tmp_path, tiny_dataset, backbone_checkpoint), *options]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and not (tmp_path / "e").exists()
 
@@ -229,7 +222,7 @@ def test_a_search_at_the_calibrated_budget_records_it(
         "--controller",
         "random",
     ]
-    assert main(_search("s", tmp_path, tiny_dataset, backbone_checkpoint, *extra)) == 0
+    assert main(search_args("s", tmp_path, tiny_dataset, backbone_checkpoint, *extra)) == 0
     config = json.loads((tmp_path / "s" / "config.json").read_text())
     assert config["proxy"]["budget"] == "quick"
     assert config["calibration"] == {"folder": str(calibration.resolve()), "budget": "quick"}

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import data_args
 from optuna.trial import TrialState
 
 from nas.search.runs import RunFolder, interrupted_numbers
@@ -67,17 +68,6 @@ def _nasfpn(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def _data_args(dataset: Path, checkpoint: Path, runs: Path) -> list[str]:
-    return [
-        "--train-json", str(dataset / "annotations" / "instances_train.json"),
-        "--val-json", str(dataset / "annotations" / "instances_val.json"),
-        "--images", str(dataset / "images"),
-        "--width", "32",
-        "--backbone-checkpoint", str(checkpoint),
-        "--cache-dir", str(runs / "cache"),
-    ]  # fmt: skip
-
-
 def test_a_search_on_two_nodes_trains_on_both_and_its_run_folder_is_complete(
     two_nodes: Nodes, tiny_dataset: Path, backbone_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -86,7 +76,7 @@ def test_a_search_on_two_nodes_trains_on_both_and_its_run_folder_is_complete(
         "--trials", "4", "--workers", "2", "--cpus-per-trial", "1", "--scheduler", "none",
         "--budget", "quick", "--address", two_nodes.address,
     ]  # fmt: skip
-    done = _nasfpn(*search, *_data_args(tiny_dataset, backbone_checkpoint, tmp_path), cwd=tmp_path)
+    done = _nasfpn(*search, *data_args(tiny_dataset, backbone_checkpoint, tmp_path), cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     run = RunFolder(tmp_path / "two")
     trials = run.load_study().get_trials(deepcopy=False)
@@ -127,7 +117,7 @@ def test_a_node_lost_mid_trial_fails_that_trial_with_the_reason_and_the_search_g
         "--scheduler", "none", "--budget", "60", "--address", two_nodes.address,
     ]  # fmt: skip
     log = (tmp_path / "search.log").open("w")
-    args = [*search, *_data_args(tiny_dataset, backbone_checkpoint, tmp_path)]
+    args = [*search, *data_args(tiny_dataset, backbone_checkpoint, tmp_path)]
     process = subprocess.Popen(args, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     run = RunFolder(tmp_path / "lost")
     try:
@@ -196,7 +186,7 @@ def test_an_address_where_no_cluster_answers_is_one_line_and_exit_2(
     ]
     done = _nasfpn(
         *compare,
-        *_data_args(tiny_dataset, backbone_checkpoint, tmp_path),
+        *data_args(tiny_dataset, backbone_checkpoint, tmp_path),
         "--address",
         "127.0.0.1:1",
         cwd=tmp_path,

@@ -15,6 +15,7 @@ from urllib.request import urlopen
 
 import optuna
 import pytest
+from helpers import search_args
 from optuna.trial import TrialState
 
 from nas.cli import main
@@ -24,15 +25,9 @@ from nas.search.runs import RunFolder, interrupted_numbers
 
 
 def _search(name: str, runs: Path, dataset: Path, checkpoint: Path, storage: str, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "nas", "search",
-        "--name", name, "--runs-dir", str(runs), "--storage", storage,
-        "--train-json", str(dataset / "annotations" / "instances_train.json"),
-        "--val-json", str(dataset / "annotations" / "instances_val.json"),
-        "--images", str(dataset / "images"),
-        "--width", "32", "--backbone-checkpoint", str(checkpoint), "--cache-dir", str(runs / "cache"),
-        "--controller", "random", "--scheduler", "none", "--workers", "1", *extra,
-    ]  # fmt: skip
+    """A search in its own process on a shared storage, one trial at a time."""
+    shared = ("--storage", storage, "--controller", "random", "--scheduler", "none", "--workers", "1")
+    return [sys.executable, "-m", "nas", *search_args(name, runs, dataset, checkpoint, *shared, *extra)]
 
 
 def test_two_drivers_share_one_study_with_no_trial_lost_or_numbered_twice(

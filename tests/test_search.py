@@ -14,6 +14,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from helpers import search_args
 from optuna.trial import TrialState
 
 from fixed_necks import get_fixed_neck
@@ -41,19 +42,7 @@ def spawn():
 
 
 def _search_args(name: str, runs: Path, dataset: Path, checkpoint: Path, *extra: str) -> list[str]:
-    return [
-        "search",
-        "--name", name,
-        "--runs-dir", str(runs),
-        "--train-json", str(dataset / "annotations" / "instances_train.json"),
-        "--val-json", str(dataset / "annotations" / "instances_val.json"),
-        "--images", str(dataset / "images"),
-        "--budget", "quick",
-        "--width", "32",
-        "--backbone-checkpoint", str(checkpoint),
-        "--cache-dir", str(runs / "cache"),
-        *extra,
-    ]  # fmt: skip
+    return search_args(name, runs, dataset, checkpoint, "--budget", "quick", *extra)
 
 
 def _trials(run: RunFolder) -> list[optuna.trial.FrozenTrial]:
