@@ -26,7 +26,8 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -81,8 +82,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     except ArgumentError:
         raise RunError(f"storage {url!r}: not a SQLAlchemy database URL") from None
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with _heartbeats_api():
             # A server's OperationalError is a refused or failed connection: no use waiting.
             retried = (IntegrityError,) if shared else (IntegrityError, OperationalError)
             return _while_initialised_elsewhere(
@@ -219,6 +219,14 @@ class RunFolder:
         return {**record["metrics"], **record.get("costs", {})}
 
 
+@contextmanager
+def _heartbeats_api() -> Iterator[None]:
+    """Optuna's heartbeat API, used knowingly: "experimental" since Optuna 2.9, its warning silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
 def requeue_interrupted(study: optuna.Study, driver: str | None = None) -> int:
     """Fails the RUNNING trials of ``driver`` (this one, stopping) -- or, without one, those of
     drivers that are gone -- and enqueues their decisions again (the new trial's ``rerun_of``
@@ -229,8 +237,7 @@ def requeue_interrupted(study: optuna.Study, driver: str | None = None) -> int:
         study.tell(trial.number, state=TrialState.FAIL)
         _rerun(study, trial)
     if driver is None:  # drivers on other machines, silent for GRACE seconds (a shared storage)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with _heartbeats_api():
             optuna.storages.fail_stale_trials(study)
     return len(running) - len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
