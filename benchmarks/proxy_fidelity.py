@@ -33,7 +33,7 @@ import statistics
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from scipy.stats import kendalltau, ttest_ind
+from scipy.stats import kendalltau
 
 from nas.cli import parse_repeats
 from nas.data import synth
@@ -44,6 +44,7 @@ from nas.proxy.prepare import PRETRAIN_VERSION, prepare_proxy_data
 from nas.proxy.pretrain import PRETRAIN_STEPS
 from nas.proxy.profile import profile_neck
 from nas.proxy.train import train_proxy
+from nas.search.compare import welch_p
 from nas.settings import ProxySettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,7 +148,7 @@ def main() -> None:
     print()
     if {"fpn", "nofusion"} <= set(necks):
         fpn, nofusion = [ap("fpn", s) for s in seeds], [ap("nofusion", s) for s in seeds]
-        p = ttest_ind(fpn, nofusion, equal_var=False, alternative="greater").pvalue if args.seeds > 1 else 1.0
+        p = welch_p(fpn, nofusion)
         print(f"FPN - no fusion: {mean['fpn'] - mean['nofusion']:+.2f} AP, Welch one-sided p = {p:.4f}")
     for n in ("panet", "bifpn"):
         if n in necks and "fpn" in necks:

@@ -21,7 +21,7 @@ from nas.nets.backbone import backbone_widths
 from nas.proxy.evaluate import METRICS
 from nas.proxy.necks import resolve_neck
 from nas.proxy.profile import profile_neck
-from nas.search.compare import Entry, matched_repeats, write_results
+from nas.search.compare import Entry, matched_repeats, welch_p, write_results
 from nas.search.runs import COST_IMAGE_SIZE, RunFolder, SearchConfig
 from nas.settings import ProxySettings
 from search_spaces import get_space
@@ -241,3 +241,12 @@ def test_a_size_class_no_run_has_is_a_dash(tmp_path: Path) -> None:
     assert cells["APs"] == "-" and cells["APm"] == "15.0"
     row = next(csv.DictReader((tmp_path / "compare.csv").open()))
     assert row["APs_mean"] == "" and float(row["APm_mean"]) == 0.15
+
+
+def test_welch_p_tests_one_side_and_says_1_where_nothing_can_be_tested() -> None:
+    apart, close = [0.40, 0.41, 0.42], [0.30, 0.31, 0.32]
+    assert welch_p(apart, close) < 0.01
+    assert welch_p(close, apart) > 0.99  # one-sided: the reverse is no evidence
+    assert welch_p([0.40], close) == 1.0  # a single seed: no test
+    assert welch_p([0.4, 0.4], [0.3, 0.3]) == 0.0  # constant samples: their means decide
+    assert welch_p([0.3, 0.3], [0.3, 0.3]) == 1.0

@@ -33,17 +33,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.stats import kendalltau, ttest_ind
+from scipy.stats import kendalltau
 
 from nas.data.coco import CocoDetection
 from nas.errors import UsageError
 from nas.proxy.necks import NeckSpec
-from nas.search.compare import Entry, baseline_entry, digest
+from nas.search.compare import ALPHA, Entry, baseline_entry, digest, welch_p
 from nas.settings import ProxySettings, budget_of
 from nas.tables import format_table
 
 TAU_MIN = 0.6  # a ranking this close to the reference's is one to search with
-ALPHA = 0.05
 P3_STRIDE = 8
 # The embedded data's 4096 training scenes pretrain a ResNet-10 well; 300 aerial tiles did not
 # (its loss fell to 0.02: memorised). Below this many images we say so before training.
@@ -206,12 +205,7 @@ def assess(budget: str, entries: Sequence[Entry], reference: Sequence[Entry]) ->
     fpn, nofusion = by_label["fpn"], by_label["nofusion"]
     forward = ref_ap["fpn"] >= ref_ap["nofusion"]
     better, worse = (fpn, nofusion) if forward else (nofusion, fpn)
-    p = 1.0
-    if len(fpn.runs) > 1 and len(nofusion.runs) > 1:
-        p = float(
-            ttest_ind(better.values("AP"), worse.values("AP"), equal_var=False, alternative="greater").pvalue
-        )
-        p = 1.0 if math.isnan(p) else p  # equal constant APs: nothing told apart
+    p = welch_p(better.values("AP"), worse.values("AP"))
     tau = float(kendalltau([by_label[k].mean("AP") for k in labels], [ref_ap[k] for k in labels]).statistic)
     largest_std = max(e.std("AP") for e in entries) * 100
     seconds = statistics.fmean(r["seconds"] for e in entries for r in e.runs)

@@ -51,6 +51,18 @@ from nas.tables import format_table
 from search_spaces import get_space
 
 ALPHA = 0.05
+
+
+def welch_p(better: Sequence[float], worse: Sequence[float]) -> float:
+    """Welch's t-test, one-sided: p for "``better``'s mean is not above ``worse``'s". 1.0 where
+    nothing can be tested (a sample of one); two constant samples are told apart by their means."""
+    if len(better) < 2 or len(worse) < 2:
+        return 1.0
+    if statistics.stdev(better) == 0 and statistics.stdev(worse) == 0:  # Welch's t divides by 0
+        return 0.0 if statistics.fmean(better) > statistics.fmean(worse) else 1.0
+    return float(ttest_ind(better, worse, equal_var=False, alternative="greater").pvalue)
+
+
 INPUTS_FILE = "inputs.json"  # in OUT/jobs/BUDGET: the settings and data its trainings used
 Print = Callable[[str], None]
 
@@ -303,12 +315,7 @@ def verdicts(items: list[Entry]) -> list[str]:
         if len(best.runs) < 2 or len(base.runs) < 2:
             lines.append(f"{best.label} vs {base.label}: {gain:+.1f} AP (one seed: no test possible)")
             continue
-        if best.std("AP") == 0 and base.std("AP") == 0:
-            p = 0.0 if gain > 0 else 1.0
-        else:
-            p = float(
-                ttest_ind(best.values("AP"), base.values("AP"), equal_var=False, alternative="greater").pvalue
-            )
+        p = welch_p(best.values("AP"), base.values("AP"))
         verdict = "beats it beyond seed noise" if p < ALPHA else "not beyond seed noise"
         lines.append(
             f"{best.label} vs {base.label}: {gain:+.1f} AP, Welch's t-test one-sided p = {p:.3f}: {verdict}"
