@@ -52,6 +52,9 @@ from search_spaces import get_space
 
 ALPHA = 0.05
 
+INPUTS_FILE = "inputs.json"  # in OUT/jobs/BUDGET: the settings and data its trainings used
+Print = Callable[[str], None]
+
 
 def welch_p(better: Sequence[float], worse: Sequence[float]) -> float:
     """Welch's t-test, one-sided: p for "``better``'s mean is not above ``worse``'s". 1.0 where
@@ -61,10 +64,6 @@ def welch_p(better: Sequence[float], worse: Sequence[float]) -> float:
     if statistics.stdev(better) == 0 and statistics.stdev(worse) == 0:  # Welch's t divides by 0
         return 0.0 if statistics.fmean(better) > statistics.fmean(worse) else 1.0
     return float(ttest_ind(better, worse, equal_var=False, alternative="greater").pvalue)
-
-
-INPUTS_FILE = "inputs.json"  # in OUT/jobs/BUDGET: the settings and data its trainings used
-Print = Callable[[str], None]
 
 
 @dataclass
