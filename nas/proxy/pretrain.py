@@ -52,10 +52,10 @@ from nas.proxy.schedule import shuffled_batches, warmup_cosine
 logger = logging.getLogger(__name__)
 
 # Of 16: 19,200 images, about five passes over the default data, 7.4 minutes on 2 CPU cores.
-# FPN's AP follows the images seen (seed 0 of the default proxy, README "Pretraining"): 1000
-# steps (6 minutes) 40.0, FPN - no fusion +9.6, and 9.5 over 3 seeds; 1200 steps 40.9 and +10.4;
-# batches of 12 for 1000 steps 36.4. At 500 steps, on an earlier data version, the backbone
-# barely knew a plate's outline (FPN - no fusion 0.4 AP).
+# FPN's AP follows the images seen (the default proxy, 3 seeds, README "What the proxy
+# measures"): 1000 steps (6 minutes) FPN 39.6, FPN - no fusion +9.5; 1200 steps 40.7 and +9.8;
+# batches of 12 for 1000 steps, seed 0: FPN 36.4. At 500 steps, on an earlier data version, the
+# backbone barely knew a plate's outline (FPN - no fusion 0.4 AP).
 PRETRAIN_STEPS = 1200
 PRETRAIN_BATCH = 16
 PRETRAIN_LR = 1e-3
